@@ -1,0 +1,132 @@
+"""Host-side sampling of 3D patches and 2D slices (numpy), and prefetching batches to the device.
+
+A batch depends only on (seed, step), never on what was drawn before, so a resumed run from step N draws
+exactly the batches an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from heartjax.errors import HeartjaxError
+
+
+class PatchSampler:
+    """Draws training batches of 3D patches (spatial_dims=3) or 2D slices (spatial_dims=2).
+
+    cases: heartjax.preprocess.Preprocessed with labels. 2D slices are cut along `slice_axis` (the plan's
+    coarsest axis) and cropped/padded in-plane to `patch`. A share `fg_fraction` of each batch (the last samples,
+    as nnU-Net does) is centred on a voxel of a random structure present in the case.
+    `batch(step)` returns (images float32 [B, *patch, 1], labels uint8 [B, *patch]).
+    """
+
+    def __init__(self, cases: Sequence, patch: Sequence[int], batch_size: int, seed: int, spatial_dims: int = 3,
+                 slice_axis: int = 2, fg_fraction: float = 0.33):
+        if not cases:
+            raise HeartjaxError("no training cases to sample from: check the split (train list is empty)")
+        if len(patch) != spatial_dims:
+            raise HeartjaxError(f"patch {tuple(patch)} must have {spatial_dims} sizes for a {spatial_dims}D sampler")
+        if not 0.0 <= fg_fraction <= 1.0:
+            raise HeartjaxError(f"sampling.fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.patch, self.batch_size, self.seed = tuple(int(p) for p in patch), int(batch_size), int(seed)
+        self.spatial_dims, self.slice_axis = spatial_dims, slice_axis
+        self.n_random = int(round(batch_size * (1.0 - fg_fraction)))
+        self.images, self.labels, self.fg = [], [], []
+        for c in cases:
+            img, lbl = c.image, c.label
+            if spatial_dims == 2:  # move the slice axis first: [S, u, v]
+                img, lbl = np.moveaxis(img, slice_axis, 0), np.moveaxis(lbl, slice_axis, 0)
+            self.images.append(np.ascontiguousarray(img, np.float32))
+            self.labels.append(np.ascontiguousarray(lbl, np.uint8))
+            flat = lbl.ravel()
+            self.fg.append({int(k): np.flatnonzero(flat == k).astype(np.int64) for k in np.unique(flat) if k})
+
+    def _crop(self, img, lbl, center, rng):
+        """Cut `patch` around `center` (or at a random place when None), padding volumes smaller than the patch."""
+        shape = img.shape
+        lo = []
+        for a, (n, p) in enumerate(zip(shape, self.patch)):
+            if center is None:
+                lo.append(int(rng.integers(min(0, n - p), max(0, n - p) + 1)))
+            else:
+                lo.append(int(np.clip(center[a] - p // 2, min(0, n - p), max(0, n - p))))
+        src = tuple(slice(max(0, l), min(n, l + p)) for l, n, p in zip(lo, shape, self.patch))
+        dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo))
+        out_img = np.full(self.patch, img.min(), np.float32)
+        out_lbl = np.zeros(self.patch, np.uint8)
+        out_img[dst], out_lbl[dst] = img[src], lbl[src]
+        return out_img, out_lbl
+
+    def batch(self, step: int):
+        """The batch of one optimiser step: (images [B, *patch, 1] float32, labels [B, *patch] uint8)."""
+        rng = np.random.default_rng((self.seed, int(step)))
+        imgs, lbls = [], []
+        for i in range(self.batch_size):
+            k = int(rng.integers(len(self.images)))
+            img, lbl, fg = self.images[k], self.labels[k], self.fg[k]
+            center = None
+            if i >= self.n_random and fg:
+                cls = list(fg)[int(rng.integers(len(fg)))]
+                flat = int(fg[cls][int(rng.integers(len(fg[cls])))])
+                center = np.unravel_index(flat, lbl.shape)
+            if self.spatial_dims == 2:
+                s = int(center[0]) if center is not None else int(rng.integers(img.shape[0]))
+                img, lbl = img[s], lbl[s]
+                center = None if center is None else center[1:]
+            a, b = self._crop(img, lbl, center, rng)
+            imgs.append(a)
+            lbls.append(b)
+        return np.stack(imgs)[..., None], np.stack(lbls)
+
+
+class Prefetcher:
+    """Iterates batches for steps [start, stop) on a background thread, already transferred to the device.
+
+    The host draws and transfers step N+1 while the device runs step N. `sharding` places each batch (e.g.
+    sharded along a data axis of a mesh); None uses the default device.
+    """
+
+    def __init__(self, sampler: PatchSampler, start: int, stop: int, depth: int = 2, sharding=None):
+        self.sampler, self.start, self.stop, self.sharding = sampler, start, stop, sharding
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _put(self, item):
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self):
+        try:
+            for step in range(self.start, self.stop):
+                if self._stop.is_set():
+                    return
+                img, lbl = self.sampler.batch(step)
+                if self.sharding is not None:
+                    batch = (jax.device_put(img, self.sharding), jax.device_put(lbl, self.sharding))
+                else:
+                    batch = (jax.device_put(img), jax.device_put(lbl))
+                self._put((step, batch, None))
+        except Exception as e:  # surfaced in the consumer thread
+            self._put((None, None, e))
+
+    def __iter__(self):
+        for _ in range(self.start, self.stop):
+            step, batch, err = self._q.get()
+            if err is not None:
+                raise err
+            yield step, batch
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
