@@ -1,0 +1,158 @@
+"""U-Net: shapes, parameter counts, jit == eager, no recompilation, finite gradients, config errors, overfitting."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from heartjax import losses
+from heartjax.errors import HeartjaxError
+from heartjax.train import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
+from heartjax.unet import UNet, UNetConfig, count_params, init_model
+
+
+def tiny(dims, **kw):
+    base = dict(spatial_dims=dims, in_channels=1, num_classes=4, features=4, depth=2, max_features=16)
+    base.update(kw)
+    return UNetConfig(**base)
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (2, 16, 24, 1)), (3, (1, 8, 16, 12, 1))])
+@pytest.mark.parametrize("upsample", ["resize", "transpose"])
+def test_output_shape(dims, shape, upsample):
+    model = UNet(tiny(dims, upsample=upsample), rngs=nnx.Rngs(0))
+    out = model(jnp.ones(shape))
+    assert out.shape == (*shape[:-1], 4)
+    assert out.dtype == jnp.float32
+
+
+def test_deep_supervision_outputs_and_eval_single_output():
+    cfg = tiny(3, deep_supervision=True, depth=3, features=2, max_features=8)
+    model = UNet(cfg, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 16, 16, 8, 1))
+    outs = model(x, train=True)
+    assert [o.shape[1:4] for o in outs] == [(16, 16, 8), (8, 8, 4), (4, 4, 2)]
+    assert model(x, train=False).shape == (1, 16, 16, 8, 4)
+
+
+def test_anisotropic_strides_and_kernels():
+    cfg = tiny(3, strides=((2, 2, 1), (2, 2, 2)), kernel_sizes=((3, 3, 1), (3, 3, 3), (3, 3, 3)))
+    model = UNet(cfg, rngs=nnx.Rngs(0))
+    assert model(jnp.ones((1, 16, 16, 6, 1))).shape == (1, 16, 16, 6, 4)
+    assert cfg.divisor() == (4, 4, 2)
+
+
+def test_param_count_independent_of_input_size():
+    cfg = tiny(2)
+    _, state = init_model(cfg, 0)
+    model = nnx.merge(*init_model(cfg, 0))
+    n = count_params(state)
+    model(jnp.ones((1, 16, 16, 1)))
+    model(jnp.ones((3, 32, 48, 1)))
+    assert count_params(nnx.state(model)) == n
+    assert n > 100
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
+def test_jit_equals_eager(norm):
+    cfg = tiny(2, norm=norm, group_size=2)
+    graphdef, state = init_model(cfg, 1)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+
+    def fwd(state, x):
+        return nnx.merge(graphdef, state)(x, train=False)
+
+    eager = fwd(state, x)
+    jitted = jax.jit(fwd)(state, x)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_float32_params():
+    cfg = tiny(3, dtype="bfloat16")
+    graphdef, state = init_model(cfg, 0)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state))
+    out = nnx.merge(graphdef, state)(jnp.ones((1, 8, 8, 8, 1)))
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_dropout_needs_key_and_changes_output():
+    cfg = tiny(2, dropout=0.5)
+    model = UNet(cfg, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 16, 16, 1))
+    with pytest.raises(HeartjaxError, match="dropout"):
+        model(x, train=True)
+    a = model(x, train=True, key=jax.random.key(1))
+    b = model(x, train=True, key=jax.random.key(2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(model(x), model(x))  # eval mode is deterministic
+
+
+@pytest.mark.parametrize("kw,setting", [
+    (dict(spatial_dims=4), "spatial_dims"), (dict(depth=0), "depth"), (dict(norm="layer"), "norm"),
+    (dict(upsample="bilinear"), "upsample"), (dict(dropout=1.0), "dropout"), (dict(dtype="float16"), "dtype"),
+    (dict(num_classes=1), "num_classes"), (dict(strides=((2, 2),)), "strides"),
+])
+def test_config_errors_name_the_setting(kw, setting):
+    with pytest.raises(HeartjaxError, match=setting):
+        UNet(tiny(2, **kw), rngs=nnx.Rngs(0))
+
+
+def test_input_not_divisible_is_a_clear_error():
+    model = UNet(tiny(2, depth=2), rngs=nnx.Rngs(0))
+    with pytest.raises(HeartjaxError, match="multiple of"):
+        model(jnp.ones((1, 18, 16, 1)))
+
+
+def _blob_batch(dims, n=2, size=16, seed=0):
+    """Images with a bright sphere (class 1) and a darker ring around it (class 2): learnable from intensity+shape."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(size)] * dims, indexing="ij"), -1).astype(np.float32)
+    imgs, lbls = [], []
+    for _ in range(n):
+        c = rng.uniform(5, size - 5, dims)
+        r = np.linalg.norm(grid - c, axis=-1)
+        lbl = np.where(r < 3, 1, np.where(r < 5, 2, 0)).astype(np.uint8)
+        img = np.where(lbl == 1, 1.0, np.where(lbl == 2, 0.5, 0.0)) + 0.1 * rng.standard_normal(lbl.shape)
+        imgs.append(img.astype(np.float32)[..., None])
+        lbls.append(lbl)
+    return np.stack(imgs), np.stack(lbls)
+
+
+@pytest.mark.parametrize("dims,steps", [(2, 60), (3, 60)])
+def test_tiny_model_overfits_one_batch(dims, steps):
+    cfg = UNetConfig(spatial_dims=dims, num_classes=3, features=8, depth=2, max_features=16)
+    tx = make_optimizer(OptimConfig(name="adamw", lr=1e-2, clip_norm=0.0), steps)
+    graphdef, state = create_train_state(cfg, tx, seed=0)
+    step = make_train_step(graphdef, tx, None, LossConfig())
+    batch = _blob_batch(dims)
+    key = jax.random.key(0)
+    for _ in range(steps):
+        state, m = step(state, batch, key)
+    probs = make_predict_fn(graphdef)(state, batch[0])
+    pred = np.asarray(jnp.argmax(probs, -1))
+    fg_pred, fg_true = pred > 0, batch[1] > 0
+    dice = 2 * (fg_pred & fg_true).sum() / (fg_pred.sum() + fg_true.sum())
+    assert dice > 0.9, f"foreground Dice {dice:.3f} after {steps} steps"
+    assert np.isfinite(float(m["loss"]))
+
+
+def test_train_step_does_not_recompile_and_grads_finite():
+    cfg = tiny(2)
+    tx = make_optimizer(OptimConfig(), 10)
+    graphdef, state = create_train_state(cfg, tx, seed=0)
+    step = make_train_step(graphdef, tx, None, LossConfig())
+    batch = _blob_batch(2, n=2, size=16)
+    batch = (batch[0], batch[1].clip(0, 3))
+    state, m = step(state, batch, jax.random.key(0))
+    assert np.isfinite(float(m["grad_norm"])) and float(m["grad_norm"]) > 0
+    before = step._cache_size()
+    state, m = step(state, batch, jax.random.key(0))
+    assert step._cache_size() == before == 1
+    assert int(state["step"]) == 2
+
+
+def test_deep_supervision_loss_weights():
+    w = losses.deep_supervision_weights(4)
+    np.testing.assert_allclose(w, np.array([1, 0.5, 0.25, 0]) / 1.75, rtol=1e-6)
+    assert losses.deep_supervision_weights(1).tolist() == [1.0]
