@@ -1,0 +1,1 @@
+"""Experiment scripts that compose heartjax (no math here)."""

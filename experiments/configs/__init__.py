@@ -1,0 +1,1 @@
+"""Experiment configs: one module per experiment, presets as data."""
