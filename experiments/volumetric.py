@@ -69,9 +69,9 @@ def train_and_evaluate(kind, cfg, ds, split, plan, pre, workdir, resume, log):
     t = cfg["train"]
     res = fit(state, trainer.train_step, sampler, key, start_step=start, num_steps=t["steps"], log_every=t["log_every"],
               eval_every=t["eval_every"], eval_fn=val_fn, checkpointer=ckpt, writer=writer, meta=meta,
-              ema_decay=t["ema_decay"], desc=f"train {kind}")
+              ema_decay=t["ema_decay"], desc=f"train {kind}", max_seconds=t["max_seconds"])
     best, best_meta = ckpt.restore("best", abstract)
-    log(f"[{kind}] trained {t['steps']} steps in {res.train_seconds:.0f} s; best EMA val Dice "
+    log(f"[{kind}] trained {res.steps} steps in {res.train_seconds:.0f} s; best EMA val Dice "
         f"{best_meta['best_ema']:.3f} at step {best_meta['best_step']}; evaluating {len(split['test'])} test patients")
 
     decision = decide_postprocessing(trainer, best, kind, cfg, ds, split, plan, pre)
@@ -95,18 +95,18 @@ def train_and_evaluate(kind, cfg, ds, split, plan, pre, workdir, resume, log):
             mid = int(np.argmax((p.label > 0).sum(axis=tuple(a for a in range(3) if a != plan.slice_axis))))
             take = lambda a: np.take(a, mid, axis=plan.slice_axis)
             pred_small = np.argmax(probs, -1)
-            writer.image(t["steps"], "test/overlay", overlay_contours(take(p.image), take(p.label), take(pred_small), scheme.num_classes))
+            writer.image(res.steps, "test/overlay", overlay_contours(take(p.image), take(p.label), take(pred_small), scheme.num_classes))
     results = evaluation.model_results(per_case, names, {
-        "steps": t["steps"], "train_seconds": res.train_seconds,
+        "steps": res.steps, "train_seconds": res.train_seconds,
         "infer_seconds_per_case": float(np.mean(infer_seconds)), "best_step": int(best_meta["best_step"]),
         "params": int(sum(x.size for x in jax.tree.leaves(best["params"]))),
         "best_val_dice": float(best_meta["best_ema"]), "postprocessing": decision,
     })
     pp = evaluation.model_results(per_case_pp, names)
     results["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"]}
-    writer.scalars(t["steps"], {f"test/dice/{n}": v["dice_mean"] for n, v in results["per_structure"].items()
+    writer.scalars(res.steps, {f"test/dice/{n}": v["dice_mean"] for n, v in results["per_structure"].items()
                                 if v["dice_mean"] is not None})
-    hp = {"kind": kind, "features": trainer.model_cfg.features, "steps": t["steps"], "lr": cfg["optim"]["lr"],
+    hp = {"kind": kind, "features": trainer.model_cfg.features, "steps": res.steps, "lr": cfg["optim"]["lr"],
           "optimizer": cfg["optim"]["name"], "seed": cfg["seed"]}
     writer.hparams(hp, {"hparam/test_mean_dice": results["mean_dice"] or 0.0,
                         "hparam/test_whole_heart_dice": results["whole_heart_dice"] or 0.0})
@@ -208,12 +208,56 @@ def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dic
 
 
 def main(cfg: dict, workdir: Path, resume: bool = False, log=print) -> dict:
-    """Run the experiment of `cfg` into `workdir` (which prepare_workdir has checked)."""
+    """Run the experiment of `cfg` into `workdir` (which prepare_workdir has checked): one split, or with
+    data.cross_validate every fold into workdir/foldI and the pooled results of all test patients."""
     if resume and (workdir / "config.json").exists():
         cfg = json.loads((workdir / "config.json").read_text())
         log(f"resuming {workdir} with its saved config")
     else:
         workflow.write_json(workdir / "config.json", cfg)
+    if not cfg["data"]["cross_validate"]:
+        return run_split(cfg, workdir, resume, log)
+    folds = []
+    for fold in range(cfg["data"]["folds"]):
+        sub = workdir / f"fold{fold}"
+        log(f"=== fold {fold} of {cfg['data']['folds']} ===")
+        fold_cfg = {**cfg, "data": {**cfg["data"], "fold": fold, "cross_validate": False}}
+        sub.mkdir(exist_ok=True)
+        if not (resume and (sub / "config.json").exists()):
+            workflow.write_json(sub / "config.json", fold_cfg)
+        folds.append(run_split(fold_cfg, sub, resume, log) if not (sub / "results.json").exists()
+                     else json.loads((sub / "results.json").read_text()))
+    return pool_folds(cfg, workdir, folds, log)
+
+
+def pool_folds(cfg, workdir: Path, folds: list, log=print) -> dict:
+    """Cross-validation results: every patient is a test patient of exactly one fold."""
+    names = folds[0]["label_names"]
+    models = {}
+    for kind in folds[0]["models"]:
+        per_case = [c for f in folds for c in f["models"][kind]["per_case"]]
+        ms = [f["models"][kind] for f in folds]
+        models[kind] = evaluation.model_results(per_case, names, {
+            "steps": ms[0]["steps"], "train_seconds": float(sum(m["train_seconds"] for m in ms)),
+            "infer_seconds_per_case": float(np.mean([m["infer_seconds_per_case"] for m in ms])),
+            "params": ms[0]["params"], "folds": len(folds),
+            "best_val_dice": float(np.mean([m["best_val_dice"] for m in ms])),
+        })
+    results = {**{k: folds[0][k] for k in ("dataset", "layout", "label_names", "seed")},
+               "cross_validation": len(folds), "test_cases": [c for f in folds for c in f["test_cases"]],
+               "models": models, "comparison_3d_minus_2d": comparison(models, names)}
+    workflow.write_json(workdir / "results.json", results)
+    lines = [f"# {len(folds)}-fold cross-validation: {results['dataset']}", "",
+             f"Every one of {len(results['test_cases'])} patients is scored once, by the models of the fold that "
+             f"held it out. Per-fold details in fold*/results.md.", ""]
+    lines += evaluation.structure_table(models, names)
+    (workdir / "results.md").write_text("\n".join(lines) + "\n")
+    summarize(results, workdir, log)
+    return results
+
+
+def run_split(cfg: dict, workdir: Path, resume: bool, log=print) -> dict:
+    """Train and evaluate both models on one patient-level split into workdir."""
     ds = workflow.resolve_dataset(cfg, log)
     log(f"dataset: {ds.root} ({ds.layout}, {len(ds.cases)} cases, scheme {ds.scheme.name}, modality {ds.modality})")
     if (workdir / "splits.json").exists() and (workdir / "plan.json").exists():
@@ -274,7 +318,7 @@ def parse_args(argv):
     p.add_argument("--workdir", type=Path, default=None, help="run folder (default: runs/volumetric-<timestamp>)")
     p.add_argument("--data", default=None, help="dataset folder (MM-WHS, nnU-Net, ACDC or images/+labels/); default: phantom")
     p.add_argument("--seed", type=int, default=None, help="seed of the run (default: the preset's, 0)")
-    p.add_argument("--cv", type=int, default=None, help="number of folds of the patient-level split (default 5)")
+    p.add_argument("--cv", type=int, default=None, help="cross-validate: train all K folds into RUN/foldI and pool them")
     p.add_argument("--fold", type=int, default=None, help="which fold is the test fold (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --workdir")
@@ -291,10 +335,12 @@ def cli(argv=None) -> int:
         if args.seed is not None:
             extra.append(f"seed={args.seed}")
         if args.cv is not None:
-            extra.append(f"data.folds={args.cv}")
+            extra += [f"data.folds={args.cv}", "data.cross_validate=True"]
         if args.fold is not None:
             extra.append(f"data.fold={args.fold}")
         cfg = config_lib.apply_overrides(cfg, extra + list(args.overrides))
+        if not args.resume:
+            workflow.validate_config(cfg)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         workdir = args.workdir or Path("runs") / f"volumetric-{stamp}"
         prepare_workdir(workdir, args.resume, args.overwrite)

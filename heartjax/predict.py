@@ -68,13 +68,35 @@ class Model:
         cfg = {**self.cfg, "infer": {**self.cfg["infer"], "mirror": bool(tta)}}
         return workflow.predict_probs(self.trainer, self.state, pre, self.plan, self.kind, cfg, self.scheme.num_classes), pre
 
+
+class Ensemble:
+    """The fold models of a cross-validated run (RUN/fold0, fold1, ...): probabilities averaged on each scan's
+    original grid, as nnU-Net does; a single-split run is an ensemble of one."""
+
+    def __init__(self, run_dir: Path, kind: str | None = None):
+        run_dir = Path(run_dir)
+        folds = sorted((p for p in run_dir.glob("fold*") if (p / "config.json").exists()), key=lambda p: p.name)
+        if not folds and not (run_dir / "config.json").exists():
+            raise HeartjaxError(f"{run_dir} is not a heartjax run (no config.json and no fold*/ folders); "
+                                f"point RUN_DIR at a folder written by python -m experiments.volumetric")
+        if folds and kind is None:
+            kind = Model(folds[0]).kind  # the first fold's validation decides, so every fold uses the same kind
+        self.models = [Model(f, kind) for f in folds] if folds else [Model(run_dir, kind)]
+        self.kind, self.scheme = self.models[0].kind, self.models[0].scheme
+        self.largest_component = self.models[0].largest_component if len(self.models) == 1 else False
+
     def segment(self, volume: nifti.Volume, tta: bool = False):
-        """Label indices on the volume's RAS grid (uint8), the probabilities at the plan's spacing, the case."""
-        probs, pre = self.probabilities(volume, tta)
-        labels = preprocess.restore(probs, pre)
+        """Label indices [X, Y, Z] uint8 on the volume's RAS grid and the averaged probabilities [X, Y, Z, C]."""
+        total = None
+        for m in self.models:
+            probs, pre = m.probabilities(volume, tta)
+            full = preprocess.restore_probabilities(probs, pre)
+            total = full if total is None else total + full
+        probs = total / len(self.models)
+        labels = probs.argmax(-1).astype(np.uint8)
         if self.largest_component:
             labels = keep_largest_component(labels)
-        return labels, probs, pre
+        return labels, probs
 
 
 def collect_inputs(inputs) -> list[Path]:
@@ -105,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = p.parse_args(argv)
     try:
-        model = Model(args.run_dir, args.model)
+        model = Ensemble(args.run_dir, args.model)
     except HeartjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -114,7 +136,8 @@ def main(argv=None) -> int:
         print(f"error: no NIfTI files (.nii, .nii.gz) found in {[str(i) for i in args.inputs]}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"segmenting {len(files)} scan(s) with the {model.kind} model of {args.run_dir} on {jax.devices()[0].platform}"
+    print(f"segmenting {len(files)} scan(s) with the {model.kind} model of {args.run_dir} "
+          f"({len(model.models)} fold(s)) on {jax.devices()[0].platform}"
           f"{' with mirroring' if args.tta else ''}; post-processing: "
           f"{'largest component' if model.largest_component else 'none'}")
     from tqdm import tqdm
@@ -128,15 +151,11 @@ def main(argv=None) -> int:
             if target.exists() and not args.overwrite:
                 raise HeartjaxError(f"{target} exists; pass --overwrite to replace it")
             vol = nifti.load_volume(f)
-            labels, probs, pre = model.segment(vol, args.tta)
+            labels, probs = model.segment(vol, args.tta)
             nifti.save_label(target, labels, vol.grid, model.scheme, overwrite=args.overwrite)
             if args.probabilities:
-                full = np.zeros((*pre.ras_shape, probs.shape[-1]), np.float32)
-                full[..., 0] = 1.0
-                crop_shape = tuple(hi - lo for lo, hi in pre.crop)
-                full[tuple(slice(lo, hi) for lo, hi in pre.crop)] = preprocess.resample_image(probs, crop_shape)
                 stem = output_name(f).removesuffix(".gz").removesuffix(".nii")
-                nifti.save_array(args.out / f"{stem}_probs.nii.gz", full, vol.grid, overwrite=args.overwrite)
+                nifti.save_array(args.out / f"{stem}_probs.nii.gz", probs, vol.grid, overwrite=args.overwrite)
             bar.write(f"{f.name}: {time.perf_counter() - t0:.1f} s -> {target}")
         except (HeartjaxError, OSError) as e:
             failed.append(f.name)

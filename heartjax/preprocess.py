@@ -130,6 +130,16 @@ def restore(probs: np.ndarray, pre: Preprocessed) -> np.ndarray:
     return full
 
 
+def restore_probabilities(probs: np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """Class probabilities [x, y, z, C] at target spacing -> [X, Y, Z, C] on the original RAS grid
+    (background probability 1 outside the crop box). Used to average models whose plans differ."""
+    crop_shape = tuple(hi - lo for lo, hi in pre.crop)
+    full = np.zeros((*pre.ras_shape, probs.shape[-1]), np.float32)
+    full[..., 0] = 1.0
+    full[tuple(slice(lo, hi) for lo, hi in pre.crop)] = resample_image(probs, crop_shape)
+    return full
+
+
 def _source_stamp(paths: Sequence[Path | None]) -> str:
     """Identifies source files by path, size and modification time."""
     parts = []

@@ -59,46 +59,49 @@ class LossConfig:
     include_background: bool = False
 
 
-def make_schedule(cfg: OptimConfig, total_steps: int):
-    """Learning rate as a function of the step."""
-    total = max(total_steps, 1)
-    if cfg.name == "sgd":
-        poly = lambda s: cfg.lr * (1.0 - jnp.minimum(s, total) / total) ** cfg.poly_power
-        if cfg.warmup_steps:
-            return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), poly], [cfg.warmup_steps])
-        return poly
-    return optax.warmup_cosine_decay_schedule(0.0 if cfg.warmup_steps else cfg.lr, cfg.lr,
-                                              max(cfg.warmup_steps, 1), max(total, cfg.warmup_steps + 1), 0.0)
+def learning_rate(cfg: OptimConfig, step, total):
+    """Learning rate at `step` of `total` steps (both may be traced): linear warm-up, then poly decay (sgd,
+    nnU-Net's (1 - t/T)**0.9) or cosine decay to 0 (adamw). `total` lives in the train state, so a wall-time
+    budget can set it after measuring the step time without recompiling."""
+    step = jnp.asarray(step, jnp.float32)
+    total = jnp.maximum(jnp.asarray(total, jnp.float32), 1.0)
+    warm = float(cfg.warmup_steps)
+    frac = jnp.clip((step - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
+    decay = (1.0 - frac) ** cfg.poly_power if cfg.name == "sgd" else 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    ramp = jnp.minimum(1.0, (step + 1.0) / warm) if cfg.warmup_steps else 1.0
+    return cfg.lr * ramp * jnp.where(step < warm, 1.0, decay)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optax chain: optional gradient-norm clipping, then SGD-Nesterov or AdamW with the schedule."""
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The optax chain without the learning rate (applied in the train step from `learning_rate`):
+    optional gradient-norm clipping, then Nesterov SGD with weight decay, or AdamW (decoupled weight decay)."""
     cfg.validate()
-    sched = make_schedule(cfg, total_steps)
     if cfg.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                          optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov))
+        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.trace(cfg.momentum, cfg.nesterov))
     else:
-        opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
+        opt = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay))
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt) if cfg.clip_norm else opt
 
 
-def create_train_state(model_cfg: UNetConfig, tx: optax.GradientTransformation, seed: int):
+def create_train_state(model_cfg: UNetConfig, tx: optax.GradientTransformation, seed: int, total_steps: int):
     """Build the model, split it once, and make the train state pytree.
 
-    Returns (graphdef, state) with state = {"params", "rest" (e.g. batch statistics), "opt", "step" (int32)}.
+    Returns (graphdef, state) with state = {"params", "rest" (e.g. batch statistics), "opt", "step" (int32),
+    "total" (int32: the schedule's length)}.
     """
     model = UNet(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "total": jnp.asarray(total_steps, jnp.int32)}
     return graphdef, state
 
 
-def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossConfig, schedule=None):
+def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossConfig, optim_cfg: OptimConfig):
     """Return the jitted `train_step(state, batch, key) -> (state, metrics)`.
 
     batch = (images float32 [B, *spatial, C], labels uint8 [B, *spatial]); key: the run's PRNG key (the step is
     folded in here). metrics: {"loss", "grad_norm", "lr"} float32 scalars (left on the device).
+    The learning rate is `learning_rate(optim_cfg, state["step"], state["total"])`.
     """
     loss_fn = functools.partial(losses.dice_ce_loss, lambda_dice=loss_cfg.lambda_dice, lambda_ce=loss_cfg.lambda_ce,
                                 batch_dice=loss_cfg.batch_dice, include_background=loss_cfg.include_background)
@@ -119,11 +122,10 @@ def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossCon
 
         (loss, rest), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
-        if schedule is not None:
-            metrics["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
-        return {"params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}, metrics
+        lr = learning_rate(optim_cfg, state["step"], state["total"])
+        params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr}
+        return {**state, "params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}, metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -152,7 +154,8 @@ class FitResult:
 
 def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log_every: int, eval_every: int,
         eval_fn: Callable | None = None, checkpointer=None, writer=None, meta: dict | None = None,
-        ema_decay: float = 0.9, desc: str = "train", prefetch: int = 2, sharding=None, progress=True) -> FitResult:
+        ema_decay: float = 0.9, desc: str = "train", prefetch: int = 2, sharding=None, progress=True,
+        max_seconds: float | None = None, calibrate_steps: int = 10) -> FitResult:
     """Run optimiser steps [start_step, num_steps).
 
     Metrics are fetched from the device only at log points. Every `eval_every` steps, `eval_fn(state)` returns a
@@ -160,6 +163,9 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     the "best" checkpoint, and the "latest" checkpoint is written. A NaN or Inf loss stops the run with a
     HeartjaxError; checkpoints are only written after a finite loss, so the last good one stays intact.
     `meta` (dict) carries resumable loop state: "train_seconds", "ema", "best_ema", "best_step", "history".
+    With `max_seconds`, the step time is measured over `calibrate_steps` steps after the first (compiling) one and
+    the run is shortened to fit the budget: state["total"] (the schedule's length) and the last step are set
+    then, so the learning rate still decays to its end. `num_steps` stays the upper bound.
     """
     from heartjax.sampling import Prefetcher  # local: keeps train importable without the data layer
 
@@ -168,6 +174,10 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     ema = meta.get("ema")
     best_ema, best_step = float(meta.get("best_ema", -1.0)), int(meta.get("best_step", -1))
     history = list(meta.get("history", []))
+    if meta.get("budget_steps"):
+        num_steps = int(meta["budget_steps"])
+    calibrating = max_seconds is not None and not meta.get("budget_steps")
+    t_first = None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -176,10 +186,28 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     t0 = time.perf_counter()
     try:
         for step, batch in fetcher:
+            if step >= num_steps:
+                break
             state, metrics = train_step(state, batch, key)
             done = step + 1
             if bar is not None:
                 bar.update(1)
+            if calibrating and done in (start_step + 1, start_step + 1 + calibrate_steps):
+                jax.block_until_ready(metrics)
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first = now
+                else:
+                    per_step = (now - t_first) / calibrate_steps
+                    left = max_seconds - (seconds + now - t0)
+                    num_steps = int(min(num_steps, done + max(0, left) // per_step))
+                    num_steps = max(num_steps, done)
+                    state = {**state, "total": jnp.asarray(num_steps, jnp.int32)}
+                    meta["budget_steps"] = num_steps
+                    calibrating = False
+                    if bar is not None:
+                        bar.total = num_steps
+                        bar.refresh()
             if done % log_every and done % eval_every and done != num_steps:
                 continue
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -204,7 +232,7 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
                 if improved:
                     best_ema, best_step = ema, done
                 meta_out = {"train_seconds": seconds, "ema": ema, "best_ema": best_ema, "best_step": best_step,
-                            "history": history, "step": done}
+                            "history": history, "step": done, "budget_steps": meta.get("budget_steps")}
                 if checkpointer is not None:
                     if improved:
                         checkpointer.save("best", done, state, meta_out)

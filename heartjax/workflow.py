@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from heartjax import conv as conv_lib
@@ -155,7 +154,6 @@ class Trainer:
     state: dict
     train_step: object
     predict: object
-    schedule: object
 
 
 def build_trainer(cfg: dict, plan, kind: str, num_classes: int) -> Trainer:
@@ -164,35 +162,33 @@ def build_trainer(cfg: dict, plan, kind: str, num_classes: int) -> Trainer:
     mcfg = model_config(cfg, plan, kind, num_classes)
     mcfg.check_input(patch_of(plan, kind))
     ocfg = OptimConfig(**cfg["optim"])
-    tx = make_optimizer(ocfg, cfg["train"]["steps"])
-    from heartjax.train import make_schedule
-    schedule = make_schedule(ocfg, cfg["train"]["steps"])
+    tx = make_optimizer(ocfg)
     seed = cfg["seed"] + (0 if kind == "2d" else 1000)
-    graphdef, state = create_train_state(mcfg, tx, seed)
+    graphdef, state = create_train_state(mcfg, tx, seed, cfg["train"]["steps"])
     aug = AugmentConfig(**cfg["augment"])
     augment_fn = make_augment(aug, mcfg.spatial_dims)
-    step = make_train_step(graphdef, tx, augment_fn, LossConfig(**cfg["loss"]), schedule)
-    return Trainer(kind, mcfg, graphdef, state, step, make_predict_fn(graphdef), schedule)
+    step = make_train_step(graphdef, tx, augment_fn, LossConfig(**cfg["loss"]), ocfg)
+    return Trainer(kind, mcfg, graphdef, state, step, make_predict_fn(graphdef))
 
 
 def make_val_fn(trainer: Trainer, pre: dict, val_ids, plan, cfg, names):
-    """Validation on fixed patches of the validation patients (nnU-Net's pseudo-Dice): returns state -> metrics."""
-    kind = trainer.kind
-    sampler = make_sampler(pre, val_ids, plan, kind, cfg, seed=cfg["seed"] + 7, fg_fraction=0.5)
-    batches = [sampler.batch(i) for i in range(max(1, cfg["train"]["val_patches"] // batch_of(plan, kind)))]
-    k = len(names) + 1
+    """Validation on fixed patches of the validation patients (nnU-Net's pseudo-Dice): returns state -> metrics.
 
-    @jax.jit
-    def counts_of(state, images, labels):
-        probs = trainer.predict(state, images)
-        return confusion_counts(jnp.argmax(probs, -1), labels.astype(jnp.int32), k)
+    Uses the same jitted predict function (and batch shape) as whole-volume inference, so it adds no compilation.
+    """
+    kind = trainer.kind
+    batch = cfg["infer"]["batch_3d" if kind == "3d" else "batch_2d"]
+    sampler = make_sampler(pre, val_ids, plan, kind, cfg, seed=cfg["seed"] + 7, batch=batch, fg_fraction=0.5)
+    batches = [sampler.batch(i) for i in range(max(1, cfg["train"]["val_patches"] // batch))]
+    k = len(names) + 1
 
     def val_fn(state):
         total = None
         for img, lbl in batches:
-            c = counts_of(state, img, lbl)
+            pred = np.asarray(trainer.predict(state, img)).argmax(-1)
+            c = jax.device_get(confusion_counts(pred, lbl.astype(np.int32), k))
             total = c if total is None else add_counts(total, c)
-        m = case_metrics(jax.device_get(total), names)
+        m = case_metrics(total, names)
         dice = [v for v in m["dice"].values() if np.isfinite(v)]
         return {"dice": float(np.mean(dice)) if dice else 0.0, **{f"dice/{n}": v for n, v in m["dice"].items()}}
 
@@ -210,3 +206,45 @@ def predict_probs(trainer_or_predict, state, pre: preprocess.Preprocessed, plan,
     mirror = (0, 1) if inf["mirror"] else ()
     return slicewise_predict(fn, pre.image, plan.slice_axis, plan.patch_2d, num_classes, inf["overlap"],
                              inf["batch_2d"], mirror)
+
+
+def validate_config(cfg: dict) -> None:
+    """Check every config value that can be checked before any work starts; HeartjaxError names the setting."""
+    def need(key, ok, what):
+        if not ok:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            raise HeartjaxError(f"config setting {key}={node!r} is invalid: {what}")
+
+    def is_int(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    need("seed", is_int(cfg["seed"], 0), "must be a non-negative integer")
+    t, d, p = cfg["train"], cfg["data"], cfg["plan"]
+    need("train.steps", is_int(t["steps"], 1), "must be a positive integer")
+    need("train.log_every", is_int(t["log_every"], 1), "must be a positive integer")
+    need("train.eval_every", is_int(t["eval_every"], 1), "must be a positive integer")
+    need("train.val_patches", is_int(t["val_patches"], 1), "must be a positive integer")
+    need("train.max_seconds", t["max_seconds"] is None or (isinstance(t["max_seconds"], (int, float))
+                                                         and t["max_seconds"] > 0), "must be None or a positive number")
+    need("train.ema_decay", isinstance(t["ema_decay"], (int, float)) and 0 <= t["ema_decay"] < 1, "must be in [0, 1)")
+    need("train.models", isinstance(t["models"], list) and t["models"] and set(t["models"]) <= set(KINDS),
+         f"must be a non-empty list of {KINDS}")
+    need("data.folds", is_int(d["folds"], 2), "must be an integer >= 2")
+    need("data.phantom_cases", is_int(d["phantom_cases"], 3), "must be an integer >= 3")
+    need("data.phantom_modality", d["phantom_modality"] in ("ct", "mri"), "must be 'ct' or 'mri'")
+    need("plan.depth", is_int(p["depth"], 1), "must be a positive integer")
+    for k in ("batch_3d", "batch_2d"):
+        need(f"plan.{k}", is_int(p[k], 1), "must be a positive integer")
+    for k in ("overlap",):
+        need(f"infer.{k}", isinstance(cfg["infer"][k], (int, float)) and 0 <= cfg["infer"][k] < 1, "must be in [0, 1)")
+    need("sampling.fg_fraction", 0 <= cfg["sampling"]["fg_fraction"] <= 1, "must be in [0, 1]")
+    OptimConfig(**cfg["optim"]).validate()
+    AugmentConfig(**cfg["augment"])
+    LossConfig(**cfg["loss"])
+    conv_lib.set_default_impl(cfg["model"]["conv_impl"])
+    for kind in KINDS:
+        m = {**cfg["model"], **cfg[f"model_{kind}"]}
+        m.pop("conv_impl")
+        UNetConfig(spatial_dims=3 if kind == "3d" else 2, depth=p["depth"], **m).validate()

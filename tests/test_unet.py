@@ -122,9 +122,10 @@ def _blob_batch(dims, n=2, size=16, seed=0):
 @pytest.mark.parametrize("dims,steps", [(2, 60), (3, 60)])
 def test_tiny_model_overfits_one_batch(dims, steps):
     cfg = UNetConfig(spatial_dims=dims, num_classes=3, features=8, depth=2, max_features=16)
-    tx = make_optimizer(OptimConfig(name="adamw", lr=1e-2, clip_norm=0.0), steps)
-    graphdef, state = create_train_state(cfg, tx, seed=0)
-    step = make_train_step(graphdef, tx, None, LossConfig())
+    ocfg = OptimConfig(name="adamw", lr=1e-2, clip_norm=0.0)
+    tx = make_optimizer(ocfg)
+    graphdef, state = create_train_state(cfg, tx, seed=0, total_steps=steps)
+    step = make_train_step(graphdef, tx, None, LossConfig(), ocfg)
     batch = _blob_batch(dims)
     key = jax.random.key(0)
     for _ in range(steps):
@@ -139,9 +140,9 @@ def test_tiny_model_overfits_one_batch(dims, steps):
 
 def test_train_step_does_not_recompile_and_grads_finite():
     cfg = tiny(2)
-    tx = make_optimizer(OptimConfig(), 10)
-    graphdef, state = create_train_state(cfg, tx, seed=0)
-    step = make_train_step(graphdef, tx, None, LossConfig())
+    tx = make_optimizer(OptimConfig())
+    graphdef, state = create_train_state(cfg, tx, seed=0, total_steps=10)
+    step = make_train_step(graphdef, tx, None, LossConfig(), OptimConfig())
     batch = _blob_batch(2, n=2, size=16)
     batch = (batch[0], batch[1].clip(0, 3))
     state, m = step(state, batch, jax.random.key(0))
@@ -156,3 +157,19 @@ def test_deep_supervision_loss_weights():
     w = losses.deep_supervision_weights(4)
     np.testing.assert_allclose(w, np.array([1, 0.5, 0.25, 0]) / 1.75, rtol=1e-6)
     assert losses.deep_supervision_weights(1).tolist() == [1.0]
+
+
+def test_learning_rate_schedules():
+    from heartjax.train import learning_rate
+    sgd = OptimConfig(name="sgd", lr=0.01, warmup_steps=0)
+    assert float(learning_rate(sgd, 0, 100)) == pytest.approx(0.01)
+    assert float(learning_rate(sgd, 50, 100)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)
+    assert float(learning_rate(sgd, 100, 100)) == pytest.approx(0.0, abs=1e-9)
+    adam = OptimConfig(name="adamw", lr=1e-3, warmup_steps=10)
+    assert float(learning_rate(adam, 0, 110)) == pytest.approx(1e-4, rel=1e-5)
+    assert float(learning_rate(adam, 9, 110)) == pytest.approx(1e-3, rel=1e-5)
+    assert float(learning_rate(adam, 60, 110)) == pytest.approx(0.5e-3, rel=1e-5)  # half-way down the cosine
+    assert float(learning_rate(adam, 110, 110)) == pytest.approx(0.0, abs=1e-9)
+    # a shorter total (a wall-time budget) decays sooner without changing the warm-up
+    assert float(learning_rate(adam, 60, 60)) < float(learning_rate(adam, 60, 110))
+    assert float(learning_rate(adam, 5, 60)) == float(learning_rate(adam, 5, 110))

@@ -24,6 +24,7 @@ BASE = {
         "cache_dir": "cache",     # preprocessed cases, keyed by plan and source files
         "folds": 5,               # the test patients are one fold of a patient-level K-fold split
         "fold": 0,
+        "cross_validate": False,  # True (--cv K): train every fold into RUN/foldI and pool the test patients
         "val_cases": 2,           # taken from the training patients for checkpoint selection
         "max_cases": None,        # use only the first N cases (quick looks at big folders)
     },
@@ -79,6 +80,7 @@ BASE = {
     "train": {
         "models": ["2d", "3d"],
         "steps": 600,             # the same number of optimiser steps for both models
+        "max_seconds": None,      # a wall-time budget per model instead: steps are set after timing 10 of them
         "log_every": 25,
         "eval_every": 100,
         "val_patches": 8,
@@ -96,7 +98,7 @@ PRESETS = {
         "model": {"features": 4, "max_features": 8, "deep_supervision": True},
         "model_2d": {"features": 4, "max_features": 8},
         "train": {"steps": 8, "log_every": 2, "eval_every": 4, "val_patches": 2},
-        "infer": {"batch_3d": 2, "batch_2d": 8},
+        "infer": {"batch_3d": 2, "batch_2d": 4},
     },
     "default": {},
     "acdc": {

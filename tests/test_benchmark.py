@@ -1,0 +1,172 @@
+"""experiments.benchmark: the --quick JSON report, rows that follow the config, FLOP parsing, torch handling."""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import benchmark
+from experiments.configs.volumetric import get_config
+from heartjax.errors import HeartjaxError
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_json_report(tmp_path):
+    path = tmp_path / "bench.json"
+    # The quick run is compile-bound. These XLA flags cut its compile time about 3x (the timings are not
+    # looked at here); a subprocess keeps them away from the other tests.
+    fast_compile = " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + fast_compile).strip()}
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", "--json", str(path)],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(path.read_text())
+    assert set(report) >= {"machine", "peak_matmul_gflops", "rows"}
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["backend"] == "cpu" and machine["jax"] and machine["device_kind"]
+    assert _positive(report["peak_matmul_gflops"])
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == list(benchmark.ROW_NAMES)
+    for r in rows.values():
+        for key in ("jax_s", "gflop", "jax_gflops", "jax_voxels_per_s", "jax_compile_s"):
+            assert _positive(r[key]), (r["name"], key, r[key])
+        assert r["torch_s"] is None and r["ratio"] is None and r["torch_gflops"] is None and r["torch_max_s"] is None
+        assert r["jax_min_s"] <= r["jax_s"] <= r["jax_max_s"]
+        assert r["jax_gflops"] == pytest.approx(r["gflop"] / r["jax_s"])
+        assert r["jax_peak_share"] == pytest.approx(r["jax_gflops"] / report["peak_matmul_gflops"])
+        assert r["voxels"] == r["batch"] * math.prod(r["patch"])
+    for name in ("train3d_ref", "train2d_ref", "train3d_default", "train2d_default"):
+        r = rows[name]
+        assert _positive(r["jax_aug_s"]) and _positive(r["augment_s"]) and 0 < r["augment_share"]
+    # A train step (forward + backward) costs more FLOPs than the forward of the same net and batch.
+    assert rows["train2d_ref"]["gflop"] > rows["forward2d_ref"]["gflop"]
+    out = proc.stdout
+    assert all(name in out for name in benchmark.ROW_NAMES) and "GFLOP/s" in out
+
+
+def test_rows_follow_the_default_config():
+    cfg = get_config("default")
+    rows = {r.name: r for r in benchmark.make_rows(["default"])}
+    assert set(rows) == {"train3d_default", "train2d_default"}
+    for kind, dims in (("3d", 3), ("2d", 2)):
+        row, model = rows[f"train{kind}_default"], {**cfg["model"], **cfg[f"model_{kind}"]}
+        assert row.model.spatial_dims == dims and row.model.depth == cfg["plan"]["depth"]
+        assert (row.model.features, row.model.max_features) == (model["features"], model["max_features"])
+        assert row.model.deep_supervision == model["deep_supervision"] and row.model.norm == model["norm"]
+        assert row.batch == cfg["plan"][f"batch_{kind}"] and row.optim.name == cfg["optim"]["name"]
+        expected = cfg["plan"][f"patch_{kind}"] or benchmark.FALLBACK_PATCH[dims]
+        assert row.patch == tuple(expected)
+        if cfg["plan"][f"patch_{kind}"] is None:
+            assert f"plan.patch_{kind} is None" in row.note
+        row.model.check_input(row.patch)
+
+
+def test_reference_rows():
+    rows = {r.name: r for r in benchmark.make_rows(["ref"])}
+    assert list(rows) == ["train3d_ref", "forward3d_ref", "train2d_ref", "forward2d_ref"]
+    for r in rows.values():
+        assert r.model.stage_features() == [16, 32, 64, 128]
+        assert r.model.norm == "instance" and r.model.activation == "relu" and not r.model.deep_supervision
+        assert r.model.num_classes == 8 and r.model.in_channels == 1
+    shapes = {n: (r.batch, r.patch) for n, r in rows.items()}
+    assert shapes == {"train3d_ref": (2, (64, 64, 64)), "forward3d_ref": (1, (96, 96, 96)),
+                      "train2d_ref": (32, (128, 128)), "forward2d_ref": (32, (128, 128))}
+
+
+def test_host_initialised_state_matches_create_train_state():
+    import jax
+
+    from heartjax.train import create_train_state
+
+    row = benchmark.make_rows(["default"], quick=True)[0]
+    tx = benchmark.make_optimizer(row.optim)
+    _, state = benchmark.init_train_state(row.model, tx, 0, total_steps=77)
+    _, expected = jax.eval_shape(lambda: create_train_state(row.model, tx, 0, 77))
+    assert jax.tree.structure(state) == jax.tree.structure(expected)
+    def shapes(tree):
+        return [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+    assert shapes(state) == shapes(expected)
+    assert int(state["step"]) == 0 and int(state["total"]) == 77
+    leaves = jax.tree_util.tree_leaves_with_path(state["params"])
+    kernels = [x for path, x in leaves if "kernel" in jax.tree_util.keystr(path)]
+    assert kernels and all(float(np.std(k)) > 0 for k in kernels)
+
+
+class _Compiled:
+    def __init__(self, cost):
+        self.cost = cost
+
+    def cost_analysis(self):
+        return self.cost
+
+
+def test_flops_of_handles_dict_and_list():
+    assert benchmark.flops_of(_Compiled({"flops": 12.0, "bytes accessed": 3.0})) == 12.0
+    assert benchmark.flops_of(_Compiled([{"flops": 7.0}])) == 7.0
+    assert math.isnan(benchmark.flops_of(_Compiled(None)))
+
+
+def test_compare_torch_without_torch_exits_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert benchmark.main(["--quick", "--compare-torch"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install -r requirements-bench.txt" in err
+
+
+def test_unknown_conv_impl_exits_2(monkeypatch, capsys):
+    def reject(name):
+        raise HeartjaxError(f"conv impl {name!r} is unknown")
+
+    monkeypatch.setattr(benchmark.conv_lib, "set_default_impl", reject)
+    assert benchmark.main(["--quick", "--conv-impl", "nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+def test_bad_sizes_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        benchmark.parse_args(["--sizes", "ref,huge"])
+    assert exc.value.code == 2
+
+
+def test_torch_twin_matches_parameters_and_loss():
+    """Runs only where torch is installed (requirements-bench.txt); heartjax itself never needs it."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import torch_unet
+    from heartjax import losses
+    from heartjax.train import LossConfig
+
+    rng = np.random.default_rng(0)
+    for row in benchmark.make_rows(["ref", "default"], quick=True):
+        _, state = benchmark.init_train_state(row.model, benchmark.make_optimizer(row.optim), 0)
+        jax_sizes = sorted(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+        shape = (row.batch, *row.patch)
+        images, labels = rng.standard_normal((*shape, 1)).astype(np.float32), rng.integers(0, 8, shape)
+        run, sizes = torch_unet.make_runner(row.model, row.mode, row.optim, row.loss, images, labels)
+        assert sizes == jax_sizes, row.name
+        out = run()
+        expected_shape = (row.batch, 8, *row.patch) if row.mode == "forward" else ()
+        assert tuple(out.shape) == expected_shape and bool(torch.isfinite(out).all()), row.name
+    logits = rng.standard_normal((2, 16, 16, 8, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, (2, 16, 16, 8))
+    outputs = [logits, logits[:, ::2, ::2, ::2], logits[:, ::4, ::4, ::4]]  # deep supervision, full resolution first
+    for loss_cfg in (LossConfig(), LossConfig(batch_dice=True, lambda_ce=0.5)):
+        loss_fn = functools.partial(losses.dice_ce_loss, lambda_dice=loss_cfg.lambda_dice,
+                                    lambda_ce=loss_cfg.lambda_ce, batch_dice=loss_cfg.batch_dice)
+        for out in (outputs, outputs[0]):
+            expected = losses.deep_supervision_loss(jax.tree.map(jnp.asarray, out), jnp.asarray(labels), loss_fn)
+            t_out = jax.tree.map(lambda o: torch.from_numpy(np.moveaxis(o, -1, 1).copy()), out)
+            got = torch_unet.deep_supervision_loss(t_out, torch.from_numpy(labels), loss_cfg)
+            assert float(got) == pytest.approx(float(expected), rel=1e-5)

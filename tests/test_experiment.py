@@ -1,0 +1,152 @@
+"""End to end: the smoke experiment, its outputs, TensorBoard tags, kill -9 + --resume == uninterrupted (which also
+shows two runs with the same seed agree), the run folder as a model (predict + evaluate CLIs), and refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, cwd, timeout=600, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def strip_wallclock(x):
+    """Drop the wall-clock fields, the only ones allowed to differ between runs with the same seed."""
+    if isinstance(x, dict):
+        return {k: strip_wallclock(v) for k, v in x.items() if not k.endswith("_seconds") and k != "infer_seconds_per_case"}
+    if isinstance(x, list):
+        return [strip_wallclock(v) for v in x]
+    return x
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A scratch folder used as the working directory (phantom and cache land in it)."""
+    return tmp_path_factory.mktemp("exp")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(workspace):
+    run_cli(["experiments.volumetric", "--preset", "smoke", "--workdir", "run1"], cwd=workspace)
+    return workspace / "run1"
+
+
+def test_smoke_run_writes_everything(smoke_run):
+    for name in ["config.json", "splits.json", "plan.json", "label_scheme.json", "results.json", "results.md",
+                 "eval_2d.json", "eval_3d.json", "figures/dice_per_structure.png"]:
+        assert (smoke_run / name).exists(), name
+    assert list((smoke_run / "figures").glob("montage_*.png"))
+    res = json.loads((smoke_run / "results.json").read_text())
+    assert res["label_names"] == ["MYO", "LA", "LV", "RA", "RV", "AO", "PA"]
+    assert res["dataset"].startswith("phantom")
+    split = json.loads((smoke_run / "splits.json").read_text())
+    assert not set(split["test"]) & set(split["train"] + split["val"])
+    for kind in ("2d", "3d"):
+        m = res["models"][kind]
+        assert m["steps"] == 8 and m["train_seconds"] > 0
+        assert set(m["per_structure"]) == set(res["label_names"])
+        for s in m["per_structure"].values():
+            assert {"dice_mean", "dice_sd", "iou_mean", "hd95_mean", "assd_mean"} <= set(s)
+        assert [c["case"] for c in m["per_case"]] == split["test"]
+        assert 0.0 <= m["mean_dice"] <= 1.0
+        preds = sorted((smoke_run / "predictions" / kind).glob("*.nii.gz"))
+        assert [p.name.removesuffix(".nii.gz") for p in preds] == sorted(split["test"])
+    md = (smoke_run / "results.md").read_text()
+    assert "3D minus 2D" in md and "| MYO |" in md
+
+
+def test_tensorboard_tags(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for kind in ("2d", "3d"):
+        acc = EventAccumulator(str(smoke_run / "tb" / kind), size_guidance={"images": 0, "tensors": 0})
+        acc.Reload()
+        scalars = set(acc.Tags()["scalars"])
+        assert {"train/loss", "train/lr", "val/dice", "val/dice_ema", "val/dice/LV", "test/dice/LV"} <= scalars
+        assert "test/overlay" in acc.Tags()["images"]
+        losses = [e.value for e in acc.Scalars("train/loss")]
+        assert len(losses) >= 4 and all(np.isfinite(losses))
+
+
+def test_kill_and_resume_equals_uninterrupted(smoke_run, workspace):
+    """SIGKILL the run while the 3D model trains, --resume, and compare with the uninterrupted run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.volumetric", "--preset", "smoke", "--workdir", "run2"],
+                            cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = workspace / "run2" / "checkpoints" / "3d" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and any(p.name.startswith("step_") for p in latest.iterdir()):
+            break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    assert not (workspace / "run2" / "results.json").exists()
+    out = run_cli(["experiments.volumetric", "--workdir", "run2", "--resume"], cwd=workspace)
+    assert "resuming from step" in out.stdout
+    a = strip_wallclock(json.loads((smoke_run / "results.json").read_text()))
+    b = strip_wallclock(json.loads((workspace / "run2" / "results.json").read_text()))
+    assert a == b
+
+
+def test_existing_run_folder_is_refused(smoke_run, workspace):
+    before = (smoke_run / "results.json").read_bytes()
+    p = run_cli(["experiments.volumetric", "--preset", "smoke", "--workdir", "run1"], cwd=workspace, check=False)
+    assert p.returncode == 2 and "--overwrite" in p.stderr
+    assert (smoke_run / "results.json").read_bytes() == before
+
+
+def test_bad_override_is_refused(workspace):
+    p = run_cli(["experiments.volumetric", "--preset", "smoke", "--workdir", "bad", "train.stepz=3"], cwd=workspace, check=False)
+    assert p.returncode == 2 and "train.stepz" in p.stderr
+    p = run_cli(["experiments.volumetric", "--preset", "smoke", "--workdir", "bad2", "optim.lr=-1"], cwd=workspace, check=False)
+    assert p.returncode == 2 and "optim.lr" in p.stderr
+
+
+def test_run_folder_is_a_model(smoke_run, workspace):
+    """predict an unseen phantom scan through the CLI, then evaluate it through the CLI."""
+    split = json.loads((smoke_run / "splits.json").read_text())
+    cfg = json.loads((smoke_run / "config.json").read_text())
+    folder = next((workspace / cfg["data"]["phantom_dir"]).iterdir()) / "ct_train"
+    case = split["test"][0]
+    scan = folder / f"{case}_image.nii.gz"
+    out = workspace / "preds"
+    run_cli(["heartjax.predict", str(smoke_run), str(scan), "--out", str(out), "--model", "3d"], cwd=workspace)
+    written = out / scan.name
+    img, pred = nib.load(scan), nib.load(written)
+    assert pred.shape == img.shape
+    np.testing.assert_allclose(pred.affine, img.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 205, 420, 500, 550, 600, 820, 850}
+    # the experiment's own prediction of this case is the same model on the same scan
+    ref = nib.load(smoke_run / "predictions" / "3d" / f"{case}.nii.gz")
+    assert np.array_equal(np.asarray(ref.dataobj), np.asarray(pred.dataobj)) or \
+        json.loads((smoke_run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]
+    again = run_cli(["heartjax.predict", str(smoke_run), str(scan), "--out", str(out)], cwd=workspace, check=False)
+    assert again.returncode != 0 and "--overwrite" in again.stdout + again.stderr
+    truth = workspace / "truth"
+    truth.mkdir()
+    os.symlink(folder / f"{case}_label.nii.gz", truth / f"{case}_image_label.nii.gz")
+    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores.json")],
+            cwd=workspace)
+    scores = json.loads((workspace / "scores.json").read_text())
+    exp = json.loads((smoke_run / "results.json").read_text())["models"]["3d"]["per_case"][0]
+    got = scores["summary"]["per_case"][0]
+    if not json.loads((smoke_run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]:
+        for n, v in exp["dice"].items():
+            assert (v is None and got["dice"][n] is None) or abs(v - got["dice"][n]) < 1e-9
