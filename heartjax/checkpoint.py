@@ -114,7 +114,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # orbax refuses relative paths
         self._orbax = ocp.Checkpointer(ocp.StandardCheckpointHandler())  # synchronous: save returns when done
         self._closed = False
 

@@ -16,8 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cli_env(cwd):
+    """The subprocess environment: the repo on the path and a persistent compilation cache shared by the runs of
+    this module, so the resumed run and the predict CLI reuse the first run's compiled programs."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(Path(cwd) / "jax-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def run_cli(args, cwd, timeout=600, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = cli_env(cwd)
     p = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -84,7 +91,7 @@ def test_tensorboard_tags(smoke_run):
 
 def test_kill_and_resume_equals_uninterrupted(smoke_run, workspace):
     """SIGKILL the run while the 3D model trains, --resume, and compare with the uninterrupted run."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = cli_env(workspace)
     proc = subprocess.Popen([sys.executable, "-m", "experiments.volumetric", "--preset", "smoke", "--workdir", "run2"],
                             cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = workspace / "run2" / "checkpoints" / "3d" / "latest"

@@ -1,0 +1,62 @@
+"""Montage of one test patient of a run: scan, truth and each model's prediction on the scan's own grid.
+
+    python -m experiments.overlay RUN_DIR [--case CASE] [--out FILE.png]
+
+`experiments.volumetric` already writes one for the first test patient into RUN_DIR/figures; this draws any
+other test patient (default: the one closest to the 3D model's median Dice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from heartjax import nifti, workflow
+from heartjax.errors import HeartjaxError
+from heartjax.summary import plot_case_montage
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.overlay", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--case", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    try:
+        cfg = json.loads((args.run_dir / "config.json").read_text())
+        results = json.loads((args.run_dir / "results.json").read_text())
+    except OSError as e:
+        print(f"error: {args.run_dir} is not a finished run ({e})", file=sys.stderr)
+        return 2
+    kinds = list(results["models"])
+    case = args.case
+    if case is None:
+        per_case = results["models"][kinds[-1]]["per_case"]
+        scores = np.array([c["mean_dice"] if c["mean_dice"] is not None else np.nan for c in per_case])
+        case = per_case[int(np.nanargmin(np.abs(scores - np.nanmedian(scores))))]["case"]
+    try:
+        ds = workflow.resolve_dataset(cfg)
+        vol = workflow.load_case(ds, case)
+        preds = {}
+        for kind in kinds:
+            mean = next(c["mean_dice"] for c in results["models"][kind]["per_case"] if c["case"] == case)
+            label = f"{kind} (Dice {mean:.3f})"
+            preds[label], _ = nifti.load_label_file(args.run_dir / "predictions" / kind / f"{case}.nii.gz", ds.scheme,
+                                                    reference_grid=vol.grid)
+    except (HeartjaxError, StopIteration, OSError) as e:
+        print(f"error: cannot draw case {case!r} of {args.run_dir}: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.run_dir / "figures" / f"montage_{case}.png"
+    plot_case_montage(vol.image, vol.label, preds, out, list(ds.scheme.names), spacing=vol.spacing,
+                      title=f"{results['dataset']}: {case}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
