@@ -1,0 +1,218 @@
+"""heartjax.conv: every implementation equals lax.conv_general_dilated, forward and both gradients."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from heartjax import conv as conv_lib
+from heartjax.errors import HeartjaxError
+
+# (x shape, kernel spatial, C_out, strides, padding): 2D and 3D, kernel 1 and 3, strides 1 and 2 (also per axis),
+# SAME / VALID / explicit (asymmetric, zero and one-sided) padding, odd and even sizes.
+CASES = [
+    ((2, 7, 6, 5, 3), (3, 3, 3), 4, 1, "SAME"),
+    ((2, 8, 9, 7, 4), (3, 3, 3), 5, 2, "SAME"),
+    ((1, 9, 8, 7, 3), (3, 1, 3), 2, (2, 1, 2), "VALID"),
+    ((2, 6, 7, 5, 2), (3, 3, 3), 3, 1, [(2, 0), (1, 1), (0, 2)]),
+    ((1, 7, 5, 6, 3), (3, 3, 3), 2, (1, 2, 2), [(1, 1), (0, 1), (1, 0)]),
+    ((2, 5, 6, 7, 3), (1, 1, 1), 4, 1, "SAME"),
+    ((1, 6, 5, 4, 2), (1, 1, 1), 3, 2, "VALID"),
+    ((2, 9, 10, 3), (3, 3), 4, 1, "SAME"),
+    ((2, 9, 10, 3), (3, 3), 4, 2, "SAME"),
+    ((3, 7, 8, 2), (3, 3), 3, 1, [(0, 2), (1, 1)]),
+    ((2, 6, 5, 3), (1, 1), 2, 1, "VALID"),
+]
+IMPLS = ["xla", "planes"]
+
+
+def reference(x, w, strides, padding):
+    """lax.conv_general_dilated in float32 with explicit channels-last dimension numbers."""
+    nd = x.ndim - 2
+    dn = ("NDHWC", "DHWIO", "NDHWC") if nd == 3 else ("NHWC", "HWIO", "NHWC")
+    st = (strides,) * nd if isinstance(strides, int) else strides
+    return jax.lax.conv_general_dilated(x, w, st, padding, dimension_numbers=dn,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+def rel_err(a, b):
+    """Max absolute error relative to the reference's max magnitude."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def make(case, seed=0, dtype=jnp.float32):
+    """Random x, kernel and output cotangent for a case (numpy RNG: jax.random compiles slowly on the CPU)."""
+    shape, k, cout, strides, padding = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, np.float32)
+    w = rng.standard_normal((*k, shape[-1], cout), np.float32)
+    out = jax.eval_shape(lambda a, b: reference(a, b, strides, padding), x, w)
+    ct = rng.standard_normal(out.shape, np.float32)
+    return tuple(jnp.asarray(v, dtype) for v in (x, w, ct))
+
+
+@pytest.fixture(autouse=True)
+def restore_default():
+    """Tests that change the global default put it back."""
+    yield
+    conv_lib.set_default_impl("auto")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][0]}-s{c[3]}-{c[4]}")
+def test_forward_and_gradients_match_lax(case):
+    x, w, ct = make(case)
+    strides, padding = case[3], case[4]
+
+    @jax.jit  # one compilation per case for the reference and every impl (eager dispatch is slow)
+    def outputs(x, w, ct):
+        fns = {"ref": lambda a, b: reference(a, b, strides, padding)}
+        fns.update({i: (lambda a, b, i=i: conv_lib.conv(a, b, strides=strides, padding=padding, impl=i)) for i in IMPLS})
+        res = {}
+        for name, f in fns.items():
+            y, vjp = jax.vjp(f, x, w)
+            res[name] = (y, *vjp(ct))
+        return res
+
+    res = outputs(x, w, ct)
+    y_ref, dx_ref, dw_ref = res["ref"]
+    for impl in IMPLS:
+        y, dx, dw = res[impl]
+        assert y.shape == y_ref.shape and y.dtype == jnp.float32, impl
+        assert dx.shape == x.shape and dw.shape == w.shape, impl
+        assert rel_err(y, y_ref) < 1e-5, impl
+        assert rel_err(dx, dx_ref) < 1e-5, impl
+        assert rel_err(dw, dw_ref) < 1e-5, impl
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_jit_equals_eager_and_compiles_once(impl):
+    case = CASES[1]
+    x, w, ct = make(case, seed=3)
+    f = lambda a, b: conv_lib.conv(a, b, strides=2, impl=impl)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.vdot(f(a, b), ct), argnums=(0, 1)))
+    jf = jax.jit(f)
+    np.testing.assert_allclose(jf(x, w), f(x, w), rtol=1e-5, atol=1e-5)
+    g1 = grad(x, w)
+    g2 = grad(x * 2, w)
+    assert grad._cache_size() == 1 and jf._cache_size() == 1
+    np.testing.assert_allclose(g2[1], 2 * g1[1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", [CASES[1], CASES[8]], ids=["3d", "2d"])
+def test_bfloat16_runs_close_to_float32(case, impl):
+    x, w, ct = make(case, seed=5)
+    strides, padding = case[3], case[4]
+    f = jax.jit(lambda a, b: conv_lib.conv(a, b, strides=strides, padding=padding, impl=impl))
+    xb, wb, ctb = (v.astype(jnp.bfloat16) for v in (x, w, ct))
+    y, vjp = jax.vjp(f, xb, wb)
+    assert y.dtype == jnp.bfloat16
+    dx, dw = vjp(ctb)
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    # Reference on the bf16-rounded inputs, so only the bf16 outputs / accumulation differ: a few bf16 ulps.
+    y_ref, vjp_ref = jax.vjp(lambda a, b: reference(a, b, strides, padding), xb.astype(jnp.float32),
+                             wb.astype(jnp.float32))
+    dx_ref, dw_ref = vjp_ref(ctb.astype(jnp.float32))
+    assert rel_err(y.astype(jnp.float32), y_ref) < 2e-2
+    assert rel_err(dx.astype(jnp.float32), dx_ref) < 2e-2
+    assert rel_err(dw.astype(jnp.float32), dw_ref) < 2e-2
+
+
+def test_default_impl_is_switchable_and_auto_resolves_per_backend():
+    assert conv_lib.get_default_impl() == "auto"
+    cpu = jax.default_backend() == "cpu"
+    assert conv_lib.resolve_impl("auto", 3) == ("planes" if cpu else "xla")
+    assert conv_lib.resolve_impl("auto", 2) == "xla"
+    conv_lib.set_default_impl("xla")
+    assert conv_lib.get_default_impl() == "xla"
+    assert conv_lib.resolve_impl("auto", 3) == "xla"
+    assert conv_lib.resolve_impl("planes", 3) == "planes"  # an explicit impl wins over the default
+    conv_lib.set_default_impl("planes")
+    x, w, _ = make(CASES[0])
+    np.testing.assert_allclose(conv_lib.conv(x, w), reference(x, w, 1, "SAME"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["im2col_typo", "XLA", "", None])
+def test_bad_impl_name_raises_naming_the_setting(bad):
+    with pytest.raises(HeartjaxError, match="model.conv_impl"):
+        conv_lib.set_default_impl(bad)
+    x, w, _ = make(CASES[0])
+    with pytest.raises(HeartjaxError, match="model.conv_impl"):
+        conv_lib.conv(x, w, impl=bad)
+    assert conv_lib.get_default_impl() == "auto"
+
+
+def test_bad_shapes_and_arguments_raise():
+    x, w, _ = make(CASES[0])
+    with pytest.raises(HeartjaxError, match="kernel"):
+        conv_lib.conv(x, w[..., :2, :])  # C_in mismatch
+    with pytest.raises(HeartjaxError, match="dtype"):
+        conv_lib.conv(x, w.astype(jnp.bfloat16))
+    with pytest.raises(HeartjaxError, match="padding"):
+        conv_lib.conv(x, w, padding="FULL")
+    with pytest.raises(HeartjaxError, match="padding"):
+        conv_lib.conv(x, w, padding=[(1, 1)])
+    with pytest.raises(HeartjaxError, match="strides"):
+        conv_lib.conv(x, w, strides=(1, 2))
+    with pytest.raises(HeartjaxError, match="strides"):
+        conv_lib.conv(x, w, strides=0)
+
+
+@pytest.mark.parametrize("factor", [2, (1, 2, 3)])
+def test_upsample_repeats_voxels_like_nearest_resize(factor):
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 3, 4, 5, 3), np.float32))
+    f = (factor,) * 3 if isinstance(factor, int) else factor
+    y = jax.jit(conv_lib.upsample, static_argnums=1)(x, factor)
+    expect = x
+    for axis, k in enumerate(f):
+        expect = jnp.repeat(expect, k, axis=axis + 1)
+    np.testing.assert_array_equal(y, expect)
+    shape = (2, *(s * k for s, k in zip(x.shape[1:4], f)), 3)
+    np.testing.assert_allclose(y, jax.image.resize(x, shape, "nearest"), rtol=0, atol=0)
+    # The gradient sums each block of copies back onto its voxel.
+    weights = jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)
+    g = jax.jit(jax.grad(lambda v: jnp.sum(conv_lib.upsample(v, factor) * weights)))(x)
+    ref = jax.jit(jax.grad(lambda v: jnp.sum(expect_fn(v, f) * weights)))(x)
+    np.testing.assert_allclose(g, ref, rtol=1e-6)
+
+
+def expect_fn(v, f):
+    """Nearest upsampling by jnp.repeat (the reference)."""
+    for axis, k in enumerate(f):
+        v = jnp.repeat(v, k, axis=axis + 1)
+    return v
+
+
+def test_upsample_2d_bfloat16_and_errors():
+    x = jnp.arange(12, dtype=jnp.bfloat16).reshape(1, 2, 3, 2)
+    y = conv_lib.upsample(x, 2)
+    assert y.shape == (1, 4, 6, 2) and y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y[0, 1, 3], x[0, 0, 1])
+    with pytest.raises(HeartjaxError, match="method"):
+        conv_lib.upsample(x, 2, method="trilinear")
+    with pytest.raises(HeartjaxError, match="factor"):
+        conv_lib.upsample(x, (2, 2, 2))
+
+
+def test_cpu_compiler_options_keep_results_equal():
+    opts = conv_lib.cpu_compiler_options()
+    assert opts == ({"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {})
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 6, 20), np.float32))  # > 16 channels: YNNPACK-eligible
+    w = jnp.asarray(rng.standard_normal((3, 3, 3, 20, 24), np.float32))
+    f = lambda a, b: conv_lib.conv(a, b, impl="planes")
+    np.testing.assert_allclose(jax.jit(f, compiler_options=opts)(x, w), reference(x, w, 1, "SAME"),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_bench_conv_quick_smoke(tmp_path):
+    from experiments import bench_conv
+
+    out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers", "--impls", "planes",
+                           "--json", str(tmp_path / "b.json")])
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["matmul_peak"]["gflops"] > 0 and len(saved["results"]) == len(out["results"]) > 0
+    assert all(r["fwd_bwd"]["s"] > 0 and r["fwd"]["gflops"] > 0 for r in saved["results"])
