@@ -197,7 +197,7 @@ def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dic
                   "| structure | mean diff | sd | n | Wilcoxon p | paired t p | winner |", "|---|---|---|---|---|---|---|"]
         for n, c in comp.items():
             d = c["mean_diff"]
-            winner = "–" if d is None else ("3D" if d > 0 else "2D" if d < 0 else "tie")
+            winner = "–" if d is None else "tie" if abs(d) < 5e-4 else "3D" if d > 0 else "2D"
             lines.append(f"| {n} | {evaluation.fmt(d)} | {evaluation.fmt(c['sd_diff'])} | {c['n']} | "
                          f"{evaluation.fmt(c['p_wilcoxon'])} | {evaluation.fmt(c['p_ttest'])} | {winner} |")
         lines += ["", f"With {results['split']['test']} test patients, p-values are indicative only."]

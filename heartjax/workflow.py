@@ -165,7 +165,10 @@ def build_trainer(cfg: dict, plan, kind: str, num_classes: int) -> Trainer:
     tx = make_optimizer(ocfg)
     seed = cfg["seed"] + (0 if kind == "2d" else 1000)
     graphdef, state = create_train_state(mcfg, tx, seed, cfg["train"]["steps"])
-    aug = AugmentConfig(**cfg["augment"])
+    aug_kw = dict(cfg["augment"])
+    if mcfg.spatial_dims == 2:
+        aug_kw["rotation_axes"] = None  # a 2D rotation is always in-plane; the setting is for the 3D model
+    aug = AugmentConfig(**aug_kw)
     augment_fn = make_augment(aug, mcfg.spatial_dims)
     step = make_train_step(graphdef, tx, augment_fn, LossConfig(**cfg["loss"]), ocfg)
     return Trainer(kind, mcfg, graphdef, state, step, make_predict_fn(graphdef))
