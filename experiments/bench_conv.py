@@ -1,11 +1,12 @@
 """Micro-benchmark of heartjax.conv implementations against the machine's float32 matmul peak.
 
-    python -m experiments.bench_conv [--repeats N] [--json FILE] [--sections layers,chain,2d] [--quick]
+    python -m experiments.bench_conv [--repeats N] [--json FILE] [--sections layers,chain,2d,upsample] [--quick]
 
 Variants: every conv impl ("xla", "planes"), and each once more compiled with heartjax.conv.cpu_compiler_options()
 ("+eigen": XLA:CPU keeps convolutions off YNNPACK). Rows: (a) single 3x3x3 layers at the reference U-Net's sizes,
 (b) a chain with the reference U-Net's conv work (features 16-32-64-128, stride-2 convs down, 1x1 conv +
-nearest upsampling + skip concat up, ReLU, no norm; batch 2 x 64^3, 8 classes), (c) 2D layers at batch 32.
+nearest upsampling + skip concat up, ReLU, no norm; batch 2 x 64^3, 8 classes), (c) 2D layers at batch 32,
+(d) nearest upsampling x2 of 2 x 32^3 x 32: heartjax.conv.upsample vs jnp.repeat vs jax.image.resize.
 Per row and variant: forward and forward+backward (layers: gradients w.r.t. input and kernel; chain: w.r.t.
 the weights, as in training), median / min / max of --repeats calls after a warm-up, each ended by
 block_until_ready, variants alternating within a repeat. GFLOP/s use the analytic count (2 * outputs * k^d *
@@ -29,8 +30,9 @@ import numpy as np
 
 from heartjax import conv as conv_lib
 
-REF_LAYERS = [(2, 64, 1, 16), (2, 64, 16, 16), (2, 32, 32, 32), (2, 16, 64, 64), (2, 8, 128, 128)]
-REF_2D = [(32, 128, 1, 16), (32, 128, 16, 16), (32, 64, 32, 32), (32, 32, 64, 64)]
+# (batch, input size, C_in, C_out[, stride])
+REF_LAYERS = [(2, 64, 1, 16), (2, 64, 16, 16), (2, 64, 16, 32, 2), (2, 32, 32, 32), (2, 16, 64, 64), (2, 8, 128, 128)]
+REF_2D = [(32, 128, 1, 16), (32, 128, 16, 16), (32, 128, 16, 32, 2), (32, 64, 32, 32), (32, 32, 64, 64)]
 QUICK_LAYERS, QUICK_2D = [(1, 8, 4, 4)], [(2, 16, 4, 4)]
 
 
@@ -63,10 +65,12 @@ def variants(impls) -> list[tuple[str, str, dict]]:
 
 
 def layer_fns(impl: str, opts: dict, strides=1):
-    """Jitted forward and forward+backward (grads w.r.t. x and w) of one conv layer."""
+    """Jitted forward and forward+backward (loss value and grads w.r.t. x and w) of one conv layer."""
     f = lambda x, w: conv_lib.conv(x, w, strides=strides, impl=impl)
+    # value_and_grad: a conv is linear, so jax.grad alone would let XLA drop the forward pass
     loss = lambda x, w, ct: jnp.vdot(f(x, w), ct)
-    return jax.jit(f, compiler_options=opts), jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=opts)
+    return (jax.jit(f, compiler_options=opts),
+            jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=opts))
 
 
 def chain_spec(feats=(16, 32, 64, 128), cin=1, classes=8):
@@ -83,7 +87,7 @@ def chain_spec(feats=(16, 32, 64, 128), cin=1, classes=8):
 
 
 def chain_apply(ws, x, impl: str, n_stages: int):
-    """The reference U-Net's conv work: conv+ReLU encoder with stride-2 downsampling, 1x1 conv + upsample + concat up."""
+    """The reference U-Net's conv work: conv+ReLU encoder, stride-2 downsampling, 1x1 conv + upsample + concat up."""
     cv = lambda h, w, s=1: conv_lib.conv(h, w, strides=s, impl=impl)
     it = iter(ws)
     skips = []
@@ -117,8 +121,8 @@ def conv_flops(fn, *args) -> float:
 def run_rows(rows, vs, repeats: int, peak: float, log) -> list[dict]:
     """Time every (row, variant): forward and forward+backward, variants alternating within each repeat."""
     results = []
-    for name, args, flops, make in rows:
-        fns = {label: make(impl, opts) for label, impl, opts in vs}
+    for name, args, flops, make, *own in rows:  # a row may bring its own variants (upsample methods)
+        fns = {label: make(impl, opts) for label, impl, opts in (own[0] if own else vs)}
         for fwd, bwd in fns.values():  # compile + warm up
             jax.block_until_ready(fwd(*args[:2]))
             jax.block_until_ready(bwd(*args))
@@ -133,7 +137,7 @@ def run_rows(rows, vs, repeats: int, peak: float, log) -> list[dict]:
             row = {"row": name, "variant": label, "gflop_fwd": flops / 1e9}
             for kind, mult in (("fwd", 1), ("fwd_bwd", 3)):
                 s = stats(t[kind])
-                gf = mult * flops / s["s"] / 1e9
+                gf = mult * flops / s["s"] / 1e9  # 0 for rows without FLOPs (upsampling)
                 row[kind] = {**s, "gflops": gf, "share_of_peak": gf / peak}
             results.append(row)
             log(row)
@@ -143,14 +147,38 @@ def run_rows(rows, vs, repeats: int, peak: float, log) -> list[dict]:
 def layer_rows(layers, dims: int):
     """Rows of single 3x3(x3) conv layers: (name, (x, w, cotangent), forward FLOPs, fn factory)."""
     rows = []
-    for b, s, cin, cout in layers:
+    for b, s, cin, cout, *stride in layers:
+        st = stride[0] if stride else 1
         rng = np.random.default_rng(s * cin + cout)  # numpy: jax.random compiles slowly on the CPU
         x = jnp.asarray(rng.standard_normal((b, *(s,) * dims, cin), np.float32))
         w = jnp.asarray(rng.standard_normal((*(3,) * dims, cin, cout), np.float32) * (2 / (3**dims * cin)) ** 0.5)
-        ct = jnp.asarray(rng.standard_normal((b, *(s,) * dims, cout), np.float32))
-        flops = 2 * b * s**dims * 3**dims * cin * cout
-        rows.append((f"{dims}d {b}x{s}^{dims} {cin}->{cout}", (x, w, ct), flops, layer_fns))
+        ct = jnp.asarray(rng.standard_normal((b, *(s // st,) * dims, cout), np.float32))
+        flops = 2 * b * (s // st) ** dims * 3**dims * cin * cout
+        name = f"{dims}d {b}x{s}^{dims} {cin}->{cout}" + (f" s{st}" if st > 1 else "")
+        rows.append((name, (x, w, ct), flops, lambda impl, opts, st=st: layer_fns(impl, opts, st)))
     return rows
+
+
+UPSAMPLERS = {
+    "broadcast": lambda x: conv_lib.upsample(x, 2),
+    "repeat": lambda x: jnp.repeat(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2), 2, 3),
+    "resize": lambda x: jax.image.resize(x, (x.shape[0], *(2 * n for n in x.shape[1:4]), x.shape[4]), "nearest"),
+}
+
+
+def upsample_row(shape):
+    """heartjax.conv.upsample (broadcast + reshape) against jnp.repeat and jax.image.resize, factor 2 in 3D."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(shape, np.float32))
+    ct = jnp.asarray(rng.standard_normal((shape[0], *(2 * n for n in shape[1:4]), shape[4]), np.float32))
+
+    def make(method, opts):
+        f = lambda x, ct: UPSAMPLERS[method](x)
+        loss = lambda x, ct: jnp.vdot(f(x, ct), ct)
+        return jax.jit(f), jax.jit(jax.value_and_grad(loss))
+
+    name = f"upsample x2 {shape[0]}x{shape[1]}^3x{shape[4]}"
+    return [(name, (x, ct), 0.0, make, [(m, m, {}) for m in UPSAMPLERS])]
 
 
 def chain_row(size: int, batch: int, feats):
@@ -164,7 +192,7 @@ def chain_row(size: int, batch: int, feats):
     def make(impl, opts):
         f = lambda ws, x: chain_apply(ws, x, impl, len(feats))
         loss = lambda ws, x: jnp.mean(jnp.square(f(ws, x)))
-        return jax.jit(f, compiler_options=opts), jax.jit(jax.grad(loss), compiler_options=opts)
+        return jax.jit(f, compiler_options=opts), jax.jit(jax.value_and_grad(loss), compiler_options=opts)
 
     name = f"chain {batch}x{size}^3 {'-'.join(map(str, feats))}"
     flops = conv_flops(lambda ws, x: chain_apply(ws, x, "xla", len(feats)), ws, x)
@@ -173,8 +201,11 @@ def chain_row(size: int, batch: int, feats):
 
 def print_table(results, peak):
     """Plain-text table: one line per (row, variant)."""
-    print(f"\nfloat32 matmul peak: {peak:.0f} GFLOP/s   (times: median [min-max] ms)")
-    print(f"{'row':30s} {'variant':13s} {'fwd ms':>22s} {'GF/s':>6s} {'peak':>5s} {'fwd+bwd ms':>24s} {'GF/s':>6s} {'peak':>5s}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nfloat32 matmul peak: {peak:.0f} GFLOP/s   (times: median [min-max] ms; 1-min load average {load:.1f} "
+          f"on {os.cpu_count()} cores: other processes make timings noisy)")
+    head = f"{'GF/s':>6s} {'peak':>5s}"
+    print(f"{'row':30s} {'variant':13s} {'fwd ms':>22s} {head} {'fwd+bwd ms':>24s} {head}")
     for r in results:
         cells = []
         for kind in ("fwd", "fwd_bwd"):
@@ -189,7 +220,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="write results here")
-    p.add_argument("--sections", default="layers,chain,2d", help="comma list of layers, chain, 2d")
+    p.add_argument("--sections", default="layers,chain,2d,upsample",
+                   help="comma list of layers, chain, 2d, upsample")
     p.add_argument("--impls", default="xla,planes", help="comma list of heartjax.conv impls")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers mean nothing)")
     args = p.parse_args(argv)
@@ -204,6 +236,8 @@ def main(argv=None) -> dict:
         rows += chain_row(16, 1, (4, 8)) if args.quick else chain_row(64, 2, (16, 32, 64, 128))
     if "2d" in sections:
         rows += layer_rows(QUICK_2D if args.quick else REF_2D, 2)
+    if "upsample" in sections:
+        rows += upsample_row((1, 4, 4, 4, 2) if args.quick else (2, 32, 32, 32, 32))
     log = lambda r: print(f"  {r['row']:30s} {r['variant']:13s} fwd {r['fwd']['s'] * 1e3:8.1f} ms  "
                           f"fwd+bwd {r['fwd_bwd']['s'] * 1e3:8.1f} ms", flush=True)
     results = run_rows(rows, vs, args.repeats, peak0["gflops"], log)

@@ -3,23 +3,28 @@
 Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial axes, the kernel is
 [*kernel, C_in, C_out]. Implementations (`IMPLS`):
 
-- "xla": `jax.lax.conv_general_dilated`, one N-d convolution. Best on GPU/TPU and for 2D on the CPU.
-- "planes": a 3D convolution written as a sum over the first kernel axis of 2D convolutions over the other two
-  (batch B * X). XLA:CPU runs 2D convolutions through fast library kernels but 3D ones through a slow generic
-  loop (measured 3-6x slower, see experiments/bench_conv.py). Its custom gradient computes the kernel gradient
-  of all kernel planes with ONE 2D weight-gradient convolution whose output channels stack the planes, which
-  is 1.5-4x faster than differentiating the sum plane by plane. 2D input is lifted to 3D with a unit axis.
+- "xla": one `jax.lax.conv_general_dilated`. Best on GPU/TPU, and for 2D input on the CPU too.
+- "planes" (3D on the CPU): XLA:CPU runs 2D convolutions through library kernels (Eigen / YNNPACK) but 3D
+  ones through a generic loop, and its strided 3D input gradient is pathological (>10 s for one U-Net layer).
+  "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X: the forward stacks the kx
+  X-shifted copies of the input in channels, the input gradient stacks the kernel planes in output channels
+  (then adds shifted slices), and the kernel gradient is ONE 2D weight-gradient conv with the shifts stacked
+  (custom VJP). Strided convs are first rewritten as stride-1 ones (space-to-depth), 1x1x1 ones as a matrix
+  product. 2D input goes to "xla". Measured per 3D layer (forward + backward) 2.5-7x faster than "xla",
+  20x for stride 2, and 7x on the reference U-Net's conv chain (python -m experiments.bench_conv).
 - "auto" (the default): "planes" for 3D on the CPU, "xla" otherwise.
 
-On the CPU, XLA hands 2D convolutions with more than 16 channels to YNNPACK; its weight-gradient kernels are
-much slower than XLA's own (Eigen) ones for the U-Net's shapes. `cpu_compiler_options()` returns the
-`jax.jit(..., compiler_options=...)` that turns YNNPACK off for one jitted function; `XLA_CPU_FLAGS` does the
-same process-wide when put in the XLA_FLAGS environment variable before JAX first runs a computation.
+XLA:CPU also hands 2D convolutions with > 16 channels to YNNPACK, whose weight-gradient kernels are far
+slower than XLA's Eigen ones here (the 3D chain trains 1.9x faster without it; matmuls lose nothing). Turn
+it off per jitted function with `jax.jit(..., compiler_options=cpu_compiler_options())`, or process-wide
+with `use_cpu_flags()` (adds `XLA_CPU_FLAGS` to XLA_FLAGS; effective only before JAX's first computation).
 """
 
 from __future__ import annotations
 
 import functools
+import operator
+import os
 from typing import Sequence
 
 import jax
@@ -64,8 +69,24 @@ def resolve_impl(impl: str, spatial_dims: int) -> str:
 
 
 def cpu_compiler_options() -> dict:
-    """`compiler_options` for `jax.jit` that keep XLA:CPU convolutions off YNNPACK; {} off the CPU."""
+    """`compiler_options` for `jax.jit` that keep XLA:CPU convolutions (and dots) off YNNPACK; {} off the CPU."""
     return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
+
+
+def use_cpu_flags() -> bool:
+    """Append `XLA_CPU_FLAGS` to the XLA_FLAGS environment variable (once) for every later jit of the process.
+
+    XLA reads XLA_FLAGS when JAX starts its backend (the first computation), so call this first thing in a
+    program. Returns False when the backend was already running (the flag then waits for a new process).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if XLA_CPU_FLAGS.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAGS}".strip()
+    try:
+        from jax._src import xla_bridge  # private; only to tell whether the flag came in time
+        return not xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return True
 
 
 def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "auto") -> jax.Array:
@@ -85,13 +106,15 @@ def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "
     pads = _pads(padding, x.shape[1:-1], w.shape[:nd], st)
     if any(p < 0 for pair in pads for p in pair):
         raise HeartjaxError(f"conv padding must not be negative, got {padding!r}")
-    if resolve_impl(impl, nd) == "xla":
+    if resolve_impl(impl, nd) == "xla" or nd == 2:  # XLA:CPU's 2D convs (strided too) are fast already
         return _xla(x, w, st, pads)
     if any(s > 1 for s in st):
         x, w, pads = _space_to_depth(x, w, st, pads)
     x, pads = _fit_pads(x, w.shape[:nd], pads)
-    if nd == 2:  # XLA:CPU's own 2D convolution is fast once stride 1
-        return _conv2d(x, w, pads).astype(x.dtype)
+    if all(k == 1 for k in w.shape[:nd]):  # 1x1x1 (pads all moved into x by _fit_pads): a matrix product
+        y = lax.dot_general(x, w.reshape(w.shape[-2:]), (((nd + 1,), (0,)), ((), ())),
+                            preferred_element_type=_acc_type(x.dtype))
+        return y.astype(x.dtype)
     return _planes(x, w, pads)
 
 
@@ -113,8 +136,14 @@ def upsample(x: jax.Array, factor=2, method: str = "nearest") -> jax.Array:
 
 def _tuple(v, nd: int, what: str) -> tuple[int, ...]:
     """An int or a sequence of nd ints as a tuple of nd positive ints."""
-    t = (v,) * nd if isinstance(v, int) else tuple(v)
-    if len(t) != nd or any(not isinstance(i, int) or i < 1 for i in t):
+    try:
+        t = (operator.index(v),) * nd
+    except TypeError:
+        try:
+            t = tuple(operator.index(i) for i in v)
+        except TypeError:
+            t = ()
+    if len(t) != nd or any(i < 1 for i in t):
         raise HeartjaxError(f"{what} must be a positive int or {nd} positive ints, got {v!r}")
     return t
 
@@ -125,7 +154,10 @@ def _pads(padding, spatial: Sequence[int], kernel: Sequence[int], strides) -> tu
         if padding.upper() not in ("SAME", "VALID"):
             raise HeartjaxError(f"conv padding must be 'SAME', 'VALID' or (lo, hi) pairs, got {padding!r}")
         return tuple(tuple(p) for p in lax.padtype_to_pads(spatial, kernel, strides, padding.upper()))
-    pads = tuple(tuple(int(i) for i in p) for p in padding)
+    try:
+        pads = tuple(tuple(operator.index(i) for i in p) for p in padding)
+    except TypeError:
+        pads = ()
     if len(pads) != len(spatial) or any(len(p) != 2 for p in pads):
         raise HeartjaxError(f"conv padding needs one (lo, hi) pair per spatial axis ({len(spatial)}), got {padding!r}")
     return pads
@@ -181,85 +213,86 @@ def _space_to_depth(x, w, strides, pads):
     return x, w.reshape(*kb, -1, w.shape[-1]), ((0, 0),) * nd
 
 
-def _stacked(x, w, pads):
-    """Stride-1 3D conv as ONE 2D conv over (Y, Z) (batch B * X) with the kx kernel planes stacked in C_out,
-    then out[i] = sum_a q[i + a - lo, plane a] (zero outside): the planes' X shifts are cheap output slices.
-    Needs 0 <= lo, hi <= kx - 1 (see _fit_pads)."""
-    kx, ky, kz, cin, cout = w.shape
-    b, nx = x.shape[:2]
-    (lo, hi), pads_yz = pads[0], pads[1:]
-    ws = w.transpose(1, 2, 3, 0, 4).reshape(ky, kz, cin, kx * cout)
-    q = _conv2d(x.reshape(b * nx, *x.shape[2:]), ws, pads_yz)
-    q = q.reshape(b, nx, *q.shape[1:3], kx, cout)
-    xo = nx + lo + hi - kx + 1
-    zero = jnp.zeros((), q.dtype)
-    out = None
-    for a in range(kx):
-        qa = lax.pad(q[..., a, :], zero, [(0, 0, 0), (lo - a, xo - nx - lo + a, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
-        out = qa if out is None else out + qa
-    return out.astype(x.dtype)
+def _shift_x(v, d: int, n: int):
+    """out[i] = v[i - d] along axis 1 for i < n, zero outside (lax.pad; negative pads crop)."""
+    cfg = [(0, 0, 0)] * v.ndim
+    cfg[1] = (d, n - v.shape[1] - d, 0)
+    return lax.pad(v, jnp.zeros((), v.dtype), cfg)
 
 
 def _im3(x, w, pads):
-    """Stride-1 3D conv as ONE 2D conv over (Y, Z) whose input stacks the kx X-shifted copies of x in channels."""
+    """Stride-1 3D conv as ONE 2D conv over (Y, Z), batch B * X_out, whose input stacks the kx X-shifted
+    copies of x in channels: out = conv2d(stack_a x[i + a - lo], w as [ky, kz, kx * C_in, C_out])."""
     kx, ky, kz, cin, cout = w.shape
     b, nx = x.shape[:2]
     (lo, hi), pads_yz = pads[0], pads[1:]
     xo = nx + lo + hi - kx + 1
-    zero = jnp.zeros((), x.dtype)
-    cols = [lax.pad(x, zero, [(0, 0, 0), (lo - a, xo - nx - lo + a, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
-            for a in range(kx)]
-    p = jnp.stack(cols, axis=-2).reshape(b * xo, *x.shape[2:4], kx * cin)
-    ws = w.transpose(1, 2, 0, 3, 4).reshape(ky, kz, kx * cin, cout)
-    y = _conv2d(p, ws, pads_yz)
+    p = jnp.stack([_shift_x(x, lo - a, xo) for a in range(kx)], axis=-2)
+    y = _conv2d(p.reshape(b * xo, *x.shape[2:4], kx * cin), w.transpose(1, 2, 0, 3, 4).reshape(ky, kz, kx * cin, cout),
+                pads_yz)
     return y.reshape(b, xo, *y.shape[1:]).astype(x.dtype)
 
 
-FWD = [None]
+def _stacked(x, w, pads):
+    """Stride-1 3D conv as ONE 2D conv over (Y, Z), batch B * X, with the kx kernel planes stacked in C_out,
+    then out[i] = sum_a q[i + a - lo, plane a]: the planes' X shifts become shifted slices of the output."""
+    kx, ky, kz, cin, cout = w.shape
+    b, nx = x.shape[:2]
+    (lo, hi), pads_yz = pads[0], pads[1:]
+    q = _conv2d(x.reshape(b * nx, *x.shape[2:]), w.transpose(1, 2, 3, 0, 4).reshape(ky, kz, cin, kx * cout), pads_yz)
+    q = q.reshape(b, nx, *q.shape[1:3], kx, cout)
+    xo = nx + lo + hi - kx + 1
+    return sum(_shift_x(q[..., a, :], lo - a, xo) for a in range(kx)).astype(x.dtype)
 
 
-def _stacked_dw(x, dy, wshape, pads):
-    """Kernel gradient of _stacked as one 2D weight-gradient conv with the planes stacked in C_out.
+def _weight_grad_2d(lhs, dy2, kshape, pads_yz):
+    """Kernel gradient [kh, kw, C, O] of a stride-1 2D conv: the weight-gradient conv XLA derives itself."""
+    _, vjp = jax.vjp(lambda k: _conv2d(lhs, k, pads_yz).astype(lhs.dtype), jnp.zeros(kshape, lhs.dtype))
+    return vjp(dy2)[0]
 
-    dW[a] = sum_v x[v] (x) dy[v + lo - a] over X positions v: shifting dy per plane a and stacking the shifts
-    along channels turns kx weight-gradient convolutions into one with kx times more outputs (faster).
+
+def _planes_dw(x, dy, wshape, pads):
+    """Kernel gradient of a stride-1 3D conv as ONE 2D weight-gradient conv over (Y, Z).
+
+    dW[a] = sum_i x[i + a - lo] (x) dy[i] = sum_v x[v] (x) dy[v + lo - a], so either side can carry the kx
+    shifts. Stacking dy puts the planes in the conv's output channels (measured the faster GEMM shape);
+    stacking x (into the conv's batch) wins only when kx * C_in <= C_out, e.g. the first layer.
     """
     kx, ky, kz, cin, cout = wshape
     b, nx = x.shape[:2]
     xo, lo = dy.shape[1], pads[0][0]
-    zero = jnp.zeros((), dy.dtype)
-    shifted = [lax.pad(dy, zero, [(0, 0, 0), (a - lo, nx - xo - (a - lo), 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
-               for a in range(kx)]
-    dys = jnp.stack(shifted, axis=-2).reshape(b * nx, *dy.shape[2:4], kx * cout)
-    x2 = x.reshape(b * nx, *x.shape[2:])
-    w2 = jnp.zeros((ky, kz, cin, kx * cout), x.dtype)
-    # The weight-gradient conv that XLA derives for a 2D conv; its forward output is dead code.
-    _, vjp = jax.vjp(lambda k: _conv2d(x2, k, pads[1:]).astype(x.dtype), w2)
-    dw2 = vjp(dys)[0]  # [ky, kz, cin, kx * cout]
-    return dw2.reshape(ky, kz, cin, kx, cout).transpose(3, 0, 1, 2, 4)
+    if kx * cin <= cout:
+        p = jnp.stack([_shift_x(x, lo - a, xo) for a in range(kx)], axis=-2)
+        g = _weight_grad_2d(p.reshape(b * xo, *x.shape[2:4], kx * cin), dy.reshape(b * xo, *dy.shape[2:]),
+                            (ky, kz, kx * cin, cout), pads[1:])
+        return g.reshape(ky, kz, kx, cin, cout).transpose(2, 0, 1, 3, 4)
+    dys = jnp.stack([_shift_x(dy, a - lo, nx) for a in range(kx)], axis=-2)
+    g = _weight_grad_2d(x.reshape(b * nx, *x.shape[2:]), dys.reshape(b * nx, *dy.shape[2:4], kx * cout),
+                        (ky, kz, cin, kx * cout), pads[1:])
+    return g.reshape(ky, kz, cin, kx, cout).transpose(3, 0, 1, 2, 4)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _planes(x, w, pads):
-    """Stride-1 3D convolution by stacked 2D planes, with hand-written gradients in the same form."""
-    return (FWD[0] or _stacked)(x, w, pads)
+    """Stride-1 3D convolution as 2D convolutions over (Y, Z); needs 0 <= lo, hi <= k - 1 (see _fit_pads)."""
+    return _im3(x, w, pads)
 
 
 def _planes_fwd(x, w, pads):
     """Forward pass; keeps the inputs for the backward pass."""
-    return (FWD[0] or _stacked)(x, w, pads), (x, w)
+    return _im3(x, w, pads), (x, w)
 
 
 def _planes_bwd(pads, res, dy):
-    """dx = stride-1 conv of dy with the flipped, transposed kernel; dw by _stacked_dw."""
-    # The barrier makes XLA read x and dy from memory: otherwise it fuses their producers (the previous
-    # layer's shifted sum, ReLU, ...) into the transposes of the weight-gradient conv, which then recompute
-    # them in a cache-hostile order (measured 3x slower encoders).
-    x, w, dy = lax.optimization_barrier(res + (dy,))
-    kernel = w.shape[:3]
-    back = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads))
-    dx = (FWD[0] or _stacked)(dy, jnp.flip(w, (0, 1, 2)).swapaxes(3, 4), back)
-    return dx, _stacked_dw(x, dy, w.shape, pads).astype(w.dtype)
+    """dx = stride-1 conv of dy with the flipped, transposed kernel; dw = _planes_dw.
+
+    The forward stacks inputs (one conv output, cheap for the next layer's consumers to read), dx stacks
+    kernel planes (no input copies): the faster pair in the encoder-decoder chain of experiments/bench_conv.
+    """
+    x, w = res
+    back = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:3], pads))
+    dx = _stacked(dy, jnp.flip(w, (0, 1, 2)).swapaxes(3, 4), back)
+    return dx, _planes_dw(x, dy, w.shape, pads).astype(w.dtype)
 
 
 _planes.defvjp(_planes_fwd, _planes_bwd)

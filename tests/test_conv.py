@@ -1,6 +1,9 @@
 """heartjax.conv: every implementation equals lax.conv_general_dilated, forward and both gradients."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +21,17 @@ CASES = [
     ((1, 9, 8, 7, 3), (3, 1, 3), 2, (2, 1, 2), "VALID"),
     ((2, 6, 7, 5, 2), (3, 3, 3), 3, 1, [(2, 0), (1, 1), (0, 2)]),
     ((1, 7, 5, 6, 3), (3, 3, 3), 2, (1, 2, 2), [(1, 1), (0, 1), (1, 0)]),
+    ((2, 6, 5, 7, 1), (3, 3, 3), 4, 1, "SAME"),  # kx * C_in <= C_out: the other kernel-gradient branch
+    ((1, 5, 6, 7, 2), (1, 3, 3), 3, 1, "SAME"),
     ((2, 5, 6, 7, 3), (1, 1, 1), 4, 1, "SAME"),
     ((1, 6, 5, 4, 2), (1, 1, 1), 3, 2, "VALID"),
+    ((1, 5, 6, 4, 2), (3, 3, 3), 3, 1, [(3, 0), (1, 2), (0, 4)]),  # pads beyond k - 1
+    ((1, 4, 3, 5, 2), (1, 1, 1), 2, 1, [(1, 0), (0, 1), (2, 2)]),
     ((2, 9, 10, 3), (3, 3), 4, 1, "SAME"),
     ((2, 9, 10, 3), (3, 3), 4, 2, "SAME"),
     ((3, 7, 8, 2), (3, 3), 3, 1, [(0, 2), (1, 1)]),
     ((2, 6, 5, 3), (1, 1), 2, 1, "VALID"),
+    ((2, 4, 5, 3), (1, 1), 2, 2, [(1, 0), (0, 2)]),
 ]
 IMPLS = ["xla", "planes"]
 
@@ -69,7 +77,8 @@ def test_forward_and_gradients_match_lax(case):
     @jax.jit  # one compilation per case for the reference and every impl (eager dispatch is slow)
     def outputs(x, w, ct):
         fns = {"ref": lambda a, b: reference(a, b, strides, padding)}
-        fns.update({i: (lambda a, b, i=i: conv_lib.conv(a, b, strides=strides, padding=padding, impl=i)) for i in IMPLS})
+        for i in IMPLS:
+            fns[i] = lambda a, b, i=i: conv_lib.conv(a, b, strides=strides, padding=padding, impl=i)
         res = {}
         for name, f in fns.items():
             y, vjp = jax.vjp(f, x, w)
@@ -159,6 +168,15 @@ def test_bad_shapes_and_arguments_raise():
         conv_lib.conv(x, w, strides=(1, 2))
     with pytest.raises(HeartjaxError, match="strides"):
         conv_lib.conv(x, w, strides=0)
+    with pytest.raises(HeartjaxError, match="strides"):
+        conv_lib.conv(x, w, strides=1.5)
+    with pytest.raises(HeartjaxError, match="padding"):
+        conv_lib.conv(x, w, padding=[1, 1, 1])
+    with pytest.raises(HeartjaxError, match="negative"):
+        conv_lib.conv(x, w, padding=[(1, 1), (-1, 1), (1, 1)])
+    # numpy integers (as a plan may hold them) are fine
+    y = conv_lib.conv(x, w, strides=np.array([1, 2, 1]), padding=[(np.int64(1), 1)] * 3, impl="planes")
+    np.testing.assert_allclose(y, reference(x, w, (1, 2, 1), [(1, 1)] * 3), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("factor", [2, (1, 2, 3)])
@@ -211,8 +229,32 @@ def test_cpu_compiler_options_keep_results_equal():
 def test_bench_conv_quick_smoke(tmp_path):
     from experiments import bench_conv
 
-    out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers", "--impls", "planes",
+    out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers,upsample", "--impls", "planes",
                            "--json", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["matmul_peak"]["gflops"] > 0 and len(saved["results"]) == len(out["results"]) > 0
-    assert all(r["fwd_bwd"]["s"] > 0 and r["fwd"]["gflops"] > 0 for r in saved["results"])
+    convs = [r for r in saved["results"] if not r["row"].startswith("upsample")]
+    assert convs and all(r["fwd_bwd"]["s"] > 0 and r["fwd"]["gflops"] > 0 for r in convs)
+    methods = {r["variant"] for r in saved["results"] if r["row"].startswith("upsample")}
+    assert methods == {"broadcast", "repeat", "resize"}
+
+
+def test_use_cpu_flags_appends_once(monkeypatch):
+    jnp.ones(1).block_until_ready()  # the backend is running: the flag can no longer take effect here
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nonexistent")
+    assert conv_lib.use_cpu_flags() is False
+    assert conv_lib.use_cpu_flags() is False
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/nonexistent {conv_lib.XLA_CPU_FLAGS}"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU flag")
+def test_use_cpu_flags_takes_effect_before_the_first_computation():
+    code = ("from heartjax import conv; import jax, jax.numpy as jnp; ok = conv.use_cpu_flags(); "
+            "x = jnp.ones((2, 8, 8, 32)); w = jnp.ones((3, 3, 32, 32)); "
+            "t = jax.jit(lambda a, b: conv.conv(a, b)).lower(x, w).compile().as_text(); "
+            "print(ok, 'ynn' in t)")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": root}, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert out == ["True", "False"]  # applied, and the 2D conv was kept off YNNPACK
