@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from heartjax import conv as conv_lib
 from heartjax import losses
 from heartjax.augment import augment_batch
 from heartjax.errors import HeartjaxError
@@ -127,7 +128,8 @@ def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossCon
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr}
         return {**state, "params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    # YNNPACK's conv weight-gradient kernels are slow on the CPU (heartjax.conv): keep XLA's own.
+    return jax.jit(train_step, donate_argnums=0, compiler_options=conv_lib.cpu_compiler_options())
 
 
 def make_predict_fn(graphdef):
@@ -137,7 +139,7 @@ def make_predict_fn(graphdef):
         model = nnx.merge(graphdef, state["params"], state["rest"])
         return jax.nn.softmax(model(images, train=False), axis=-1)
 
-    return jax.jit(predict)
+    return jax.jit(predict, compiler_options=conv_lib.cpu_compiler_options())
 
 
 @dataclasses.dataclass
