@@ -6,9 +6,10 @@ Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial 
 - "xla": one `jax.lax.conv_general_dilated`. Best on GPU/TPU, and for 2D input on the CPU too.
 - "planes" (3D on the CPU): XLA:CPU runs 2D convolutions through library kernels (Eigen / YNNPACK) but 3D
   ones through a generic loop, and its strided 3D input gradient is pathological (>10 s for one U-Net layer).
-  "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X: the forward stacks the kx
-  X-shifted copies of the input in channels, the input gradient stacks the kernel planes in output channels
-  (then adds shifted slices), and the kernel gradient is ONE 2D weight-gradient conv with the shifts stacked
+  "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X: either the kx X-shifted
+  copies of the input are stacked in channels, or the kx kernel planes in output channels (then shifted
+  slices of the output are added; used for inference, for the input gradient, and in training for layers
+  with <= 16 output channels), and the kernel gradient is ONE 2D weight-gradient conv with the shifts stacked
   (custom VJP). Strided convs are first rewritten as stride-1 ones (space-to-depth), 1x1x1 ones as a matrix
   product. 2D input goes to "xla". Measured per 3D layer (forward + backward) 2.5-7x faster than "xla",
   20x for stride 2, and 7x on the reference U-Net's conv chain (python -m experiments.bench_conv).
@@ -272,15 +273,24 @@ def _planes_dw(x, dy, wshape, pads):
     return g.reshape(ky, kz, cin, kx, cout).transpose(3, 0, 1, 2, 4)
 
 
+# Forward formulation per context (measured, experiments/bench_conv and the benchmark's train/forward rows):
+# without differentiation (inference) stacking kernel planes in C_out is faster for every layer of the
+# reference U-Net (forward3d_ref 1.34 -> 1.0 s); inside a train step stacking inputs wins except for
+# layers with few output channels, where the stacked GEMM's wider output (kx * C_out) pays off.
+STACK_OUT_MAX_TRAIN = 16
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _planes(x, w, pads):
-    """Stride-1 3D convolution as 2D convolutions over (Y, Z); needs 0 <= lo, hi <= k - 1 (see _fit_pads)."""
-    return _im3(x, w, pads)
+    """Stride-1 3D convolution as 2D convolutions over (Y, Z); needs 0 <= lo, hi <= k - 1 (see _fit_pads).
+    This primal runs when nothing differentiates it (inference); train steps go through _planes_fwd."""
+    return _stacked(x, w, pads)
 
 
 def _planes_fwd(x, w, pads):
-    """Forward pass; keeps the inputs for the backward pass."""
-    return _im3(x, w, pads), (x, w)
+    """Forward pass inside a differentiated function; keeps the inputs for the backward pass."""
+    y = _stacked(x, w, pads) if w.shape[-1] <= STACK_OUT_MAX_TRAIN else _im3(x, w, pads)
+    return y, (x, w)
 
 
 def _planes_bwd(pads, res, dy):

@@ -22,6 +22,7 @@ CASES = [
     ((2, 6, 7, 5, 2), (3, 3, 3), 3, 1, [(2, 0), (1, 1), (0, 2)]),
     ((1, 7, 5, 6, 3), (3, 3, 3), 2, (1, 2, 2), [(1, 1), (0, 1), (1, 0)]),
     ((2, 6, 5, 7, 1), (3, 3, 3), 4, 1, "SAME"),  # kx * C_in <= C_out: the other kernel-gradient branch
+    ((1, 5, 6, 4, 3), (3, 3, 3), 20, 1, "SAME"),  # C_out > 16: the train step's forward stacks inputs
     ((1, 5, 6, 7, 2), (1, 3, 3), 3, 1, "SAME"),
     ((2, 5, 6, 7, 3), (1, 1, 1), 4, 1, "SAME"),
     ((1, 6, 5, 4, 2), (1, 1, 1), 3, 2, "VALID"),
@@ -82,13 +83,14 @@ def test_forward_and_gradients_match_lax(case):
         res = {}
         for name, f in fns.items():
             y, vjp = jax.vjp(f, x, w)
-            res[name] = (y, *vjp(ct))
+            res[name] = (y, *vjp(ct), f(x, w))  # f alone: the undifferentiated (inference) formulation
         return res
 
     res = outputs(x, w, ct)
-    y_ref, dx_ref, dw_ref = res["ref"]
+    y_ref, dx_ref, dw_ref, _ = res["ref"]
     for impl in IMPLS:
-        y, dx, dw = res[impl]
+        y, dx, dw, y_primal = res[impl]
+        assert rel_err(y_primal, y_ref) < 1e-5, impl
         assert y.shape == y_ref.shape and y.dtype == jnp.float32, impl
         assert dx.shape == x.shape and dw.shape == w.shape, impl
         assert rel_err(y, y_ref) < 1e-5, impl
