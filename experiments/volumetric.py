@@ -198,9 +198,12 @@ def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dic
         for n, c in comp.items():
             d = c["mean_diff"]
             winner = "–" if d is None else "tie" if abs(d) < 5e-4 else "3D" if d > 0 else "2D"
+            if d is not None and abs(d) >= 5e-4 and not _significant(c):
+                winner += " (n.s.)"
             lines.append(f"| {n} | {evaluation.fmt(d)} | {evaluation.fmt(c['sd_diff'])} | {c['n']} | "
                          f"{evaluation.fmt(c['p_wilcoxon'])} | {evaluation.fmt(c['p_ttest'])} | {winner} |")
-        lines += ["", f"With {results['split']['test']} test patients, p-values are indicative only."]
+        lines += ["", f"With {results['split']['test']} test patients, p-values are indicative only; n.s.: Wilcoxon "
+                  f"p >= {ALPHA} (or too few patients to test), the difference may be chance."]
     lines += ["", "Metrics: Dice/IoU from whole-volume voxel counts per patient on the original grid; HD95/ASSD in mm "
               "(a missed structure scores the volume diagonal). See the README for definitions.", ""]
     (workdir / "results.md").write_text("\n".join(lines))
@@ -291,9 +294,19 @@ def run_split(cfg: dict, workdir: Path, resume: bool, log=print) -> dict:
     return results
 
 
+ALPHA = 0.05  # significance level of the paired Wilcoxon test in the 2D vs 3D verdicts
+
+
+def _significant(comparison: dict | None) -> bool:
+    """Whether a paired 3D-minus-2D comparison has a Wilcoxon p-value below ALPHA."""
+    p = (comparison or {}).get("p_wilcoxon")
+    return p is not None and p < ALPHA
+
+
 def summarize(results: dict, workdir: Path, log=print) -> None:
-    """Print which model won where."""
+    """Print which model won where, by how much, and whether the paired test supports it."""
     models, names = results["models"], results["label_names"]
+    comp = results.get("comparison_3d_minus_2d") or {}
     log("")
     log(f"Test Dice per structure ({results['dataset']}):")
     log("  structure " + " ".join(f"{k:>8}" for k in models) + ("   winner" if len(models) == 2 else ""))
@@ -303,6 +316,9 @@ def summarize(results: dict, workdir: Path, log=print) -> None:
         if len(vals) == 2 and None not in vals:
             d = vals[1] - vals[0]
             win = "   tie" if abs(d) < 5e-4 else f"   {'3D' if d > 0 else '2D'} by {abs(d):.3f}"
+            if abs(d) >= 5e-4 and n in comp:
+                p = comp[n].get("p_wilcoxon")
+                win += f" (p {evaluation.fmt(p)})" if _significant(comp[n]) else f" (n.s., p {evaluation.fmt(p)})"
         log(f"  {n:9} " + " ".join(f"{evaluation.fmt(v):>8}" for v in vals) + win)
     log("  mean      " + " ".join(f"{evaluation.fmt(models[k]['mean_dice']):>8}" for k in models))
     log("  train s   " + " ".join(f"{models[k]['train_seconds']:8.0f}" for k in models))

@@ -157,3 +157,20 @@ def test_run_folder_is_a_model(smoke_run, workspace):
     if not json.loads((smoke_run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]:
         for n, v in exp["dice"].items():
             assert (v is None and got["dice"][n] is None) or abs(v - got["dice"][n]) < 1e-9
+
+
+def test_summary_marks_differences_the_paired_test_does_not_support():
+    from experiments import volumetric
+
+    per = lambda d: {"MYO": {"dice_mean": d[0]}, "LV": {"dice_mean": d[1]}, "RV": {"dice_mean": d[2]}}
+    results = {"dataset": "x", "label_names": ["MYO", "LV", "RV"],
+               "models": {"2d": {"per_structure": per([0.90, 0.95, 0.80]), "mean_dice": 0.88, "train_seconds": 1.0},
+                          "3d": {"per_structure": per([0.90, 0.90, 0.85]), "mean_dice": 0.88, "train_seconds": 2.0}},
+               "comparison_3d_minus_2d": {"MYO": {"p_wilcoxon": 1.0}, "LV": {"p_wilcoxon": 0.002},
+                                          "RV": {"p_wilcoxon": 0.3}}}
+    lines = []
+    volumetric.summarize(results, Path("run"), log=lines.append)
+    rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert rows["MYO"].endswith("tie")
+    assert rows["LV"].endswith("2D by 0.050 (p 0.002)")
+    assert rows["RV"].endswith("3D by 0.050 (n.s., p 0.300)")
