@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments.configs.references import REFERENCES
 from experiments.configs.volumetric import get_config
 from heartjax import config as config_lib
 from heartjax import evaluation, nifti, postprocess, preprocess, workflow
@@ -138,6 +139,34 @@ def comparison(models: dict, names) -> dict:
     return out
 
 
+def as_applied(m: dict) -> dict:
+    """A model's test metrics as heartjax.predict applies it: with the largest-component post-processing where
+    validation chose it, raw otherwise."""
+    lcc = m.get("largest_component_test")
+    return lcc if (lcc and m.get("postprocessing", {}).get("largest_component")) else m
+
+
+def reference_section(scheme: str, models: dict, names: list[str]) -> list[str]:
+    """results.md lines setting this run's Dice beside the reference figures for `scheme` (none if unknown)."""
+    ref = REFERENCES.get(scheme)
+    if not ref:
+        return []
+    fmt = evaluation.fmt
+    lines = ["", "## Beside reference figures", "",
+             "| | " + " | ".join(names) + " | mean | what it is |", "|---|" + "---|" * (len(names) + 2)]
+    for k, m in models.items():
+        a = as_applied(m)
+        cells = [f"{fmt(a['per_structure'][n]['dice_mean'])} ± {fmt(a['per_structure'][n]['dice_sd'])}" for n in names]
+        lcc = "with largest-component post-processing" if a is not m else "raw network output"
+        lines.append(f"| this run, {k} | " + " | ".join(cells) + f" | **{fmt(a['mean_dice'])}** | test patients, "
+                     f"mean ± sd, {lcc}; {m['steps']} steps, {m['train_seconds'] / 60:.1f} min of training |")
+    for name, per, mean, what in ref["rows"]:
+        cells = [fmt(per.get(n)) if per else "–" for n in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(mean)} | {what} |")
+    lines += ["", "What differs:"] + [f"- {d}" for d in ref["differences"]]
+    return lines
+
+
 def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dict:
     """results.json, results.md and figures."""
     names = list(ds.scheme.names)
@@ -191,6 +220,7 @@ def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dic
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines.append("| kept on validation | " + " | ".join(
         f"{'yes' if m['postprocessing']['largest_component'] else 'no'} | " for m in models.values()) + " |")
+    lines += reference_section(ds.scheme.name, models, names)
     comp = results["comparison_3d_minus_2d"]
     if comp:
         lines += ["", "## 3D minus 2D Dice, paired over test patients", "",

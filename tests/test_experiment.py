@@ -174,3 +174,21 @@ def test_summary_marks_differences_the_paired_test_does_not_support():
     assert rows["MYO"].endswith("tie")
     assert rows["LV"].endswith("2D by 0.050 (p 0.002)")
     assert rows["RV"].endswith("3D by 0.050 (n.s., p 0.300)")
+
+
+def test_acdc_results_sit_beside_the_reference_figures():
+    from experiments import volumetric
+
+    per = lambda v: {n: {"dice_mean": v, "dice_sd": 0.01} for n in ("RV", "MYO", "LV")}
+    raw = {"per_structure": per(0.80), "mean_dice": 0.80, "steps": 10, "train_seconds": 120.0}
+    models = {"2d": {**raw, "postprocessing": {"largest_component": True},
+                     "largest_component_test": {"per_structure": per(0.85), "mean_dice": 0.85}},
+              "3d": {**raw, "postprocessing": {"largest_component": False},
+                     "largest_component_test": {"per_structure": per(0.70), "mean_dice": 0.70}}}
+    text = "\n".join(volumetric.reference_section("acdc", models, ["RV", "MYO", "LV"]))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "0.850 ± 0.010" in rows["this run, 2d"] and "largest-component" in rows["this run, 2d"]
+    assert "0.800 ± 0.010" in rows["this run, 3d"] and "raw network output" in rows["this run, 3d"]
+    assert "0.900" in rows["MONAI 2D recipe"] and "0.910" in rows["MONAI 2D recipe"]
+    assert "0.915" in rows["nnU-Net (published)"] and "What differs" in text
+    assert volumetric.reference_section("mmwhs", models, ["RV", "MYO", "LV"]) == []
