@@ -139,6 +139,16 @@ def comparison(models: dict, names) -> dict:
     return out
 
 
+TIE = 5e-4  # |3D - 2D| mean Dice below this is reported as a tie
+ALPHA = 0.05  # significance level of the paired Wilcoxon test in the 2D vs 3D verdicts
+
+
+def _significant(comparison: dict | None) -> bool:
+    """Whether a paired 3D-minus-2D comparison has a Wilcoxon p-value below ALPHA."""
+    p = (comparison or {}).get("p_wilcoxon")
+    return p is not None and p < ALPHA
+
+
 def as_applied(m: dict) -> dict:
     """A model's test metrics as heartjax.predict applies it: with the largest-component post-processing where
     validation chose it, raw otherwise."""
@@ -227,8 +237,8 @@ def write_report(workdir: Path, cfg, ds, split, plan: Plan, models: dict) -> dic
                   "| structure | mean diff | sd | n | Wilcoxon p | paired t p | winner |", "|---|---|---|---|---|---|---|"]
         for n, c in comp.items():
             d = c["mean_diff"]
-            winner = "–" if d is None else "tie" if abs(d) < 5e-4 else "3D" if d > 0 else "2D"
-            if d is not None and abs(d) >= 5e-4 and not _significant(c):
+            winner = "–" if d is None else "tie" if abs(d) < TIE else "3D" if d > 0 else "2D"
+            if d is not None and abs(d) >= TIE and not _significant(c):
                 winner += " (n.s.)"
             lines.append(f"| {n} | {evaluation.fmt(d)} | {evaluation.fmt(c['sd_diff'])} | {c['n']} | "
                          f"{evaluation.fmt(c['p_wilcoxon'])} | {evaluation.fmt(c['p_ttest'])} | {winner} |")
@@ -324,15 +334,6 @@ def run_split(cfg: dict, workdir: Path, resume: bool, log=print) -> dict:
     return results
 
 
-ALPHA = 0.05  # significance level of the paired Wilcoxon test in the 2D vs 3D verdicts
-
-
-def _significant(comparison: dict | None) -> bool:
-    """Whether a paired 3D-minus-2D comparison has a Wilcoxon p-value below ALPHA."""
-    p = (comparison or {}).get("p_wilcoxon")
-    return p is not None and p < ALPHA
-
-
 def summarize(results: dict, workdir: Path, log=print) -> None:
     """Print which model won where, by how much, and whether the paired test supports it."""
     models, names = results["models"], results["label_names"]
@@ -345,8 +346,8 @@ def summarize(results: dict, workdir: Path, log=print) -> None:
         win = ""
         if len(vals) == 2 and None not in vals:
             d = vals[1] - vals[0]
-            win = "   tie" if abs(d) < 5e-4 else f"   {'3D' if d > 0 else '2D'} by {abs(d):.3f}"
-            if abs(d) >= 5e-4 and n in comp:
+            win = "   tie" if abs(d) < TIE else f"   {'3D' if d > 0 else '2D'} by {abs(d):.3f}"
+            if abs(d) >= TIE and n in comp:
                 p = comp[n].get("p_wilcoxon")
                 win += f" (p {evaluation.fmt(p)})" if _significant(comp[n]) else f" (n.s., p {evaluation.fmt(p)})"
         log(f"  {n:9} " + " ".join(f"{evaluation.fmt(v):>8}" for v in vals) + win)
