@@ -3,22 +3,26 @@
 Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial axes, the kernel is
 [*kernel, C_in, C_out]. Implementations (`IMPLS`):
 
-- "xla": one `jax.lax.conv_general_dilated`. Best on GPU/TPU, and for 2D input on the CPU too.
-- "planes" (3D on the CPU): XLA:CPU runs 2D convolutions through library kernels (Eigen / YNNPACK) but 3D
+- "xla": one `jax.lax.conv_general_dilated`. Best on GPU/TPU.
+- "planes" (the CPU): XLA:CPU runs 2D convolutions through library kernels (Eigen / YNNPACK) but 3D
   ones through a generic loop, and its strided 3D input gradient is pathological (>10 s for one U-Net layer).
   "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X: either the kx X-shifted
   copies of the input are stacked in channels, or the kx kernel planes in output channels (then shifted
   slices of the output are added; used for inference, for the input gradient, and in training for layers
   with <= 16 output channels), and the kernel gradient is ONE 2D weight-gradient conv with the shifts stacked
-  (custom VJP). Strided convs are first rewritten as stride-1 ones (space-to-depth), 1x1x1 ones as a matrix
-  product. 2D input goes to "xla". Measured per 3D layer (forward + backward) 2.5-7x faster than "xla",
-  20x for stride 2, and 7x on the reference U-Net's conv chain (python -m experiments.bench_conv).
-- "auto" (the default): "planes" for 3D on the CPU, "xla" otherwise.
+  (custom VJP). Strided 3D convs are first rewritten as stride-1 ones (space-to-depth). 1x1(x1) convs are
+  matrix products in training (their kernel gradient then needs no layout transposes). Other 2D convs are
+  XLA's own (space-to-depth measured slower for strided 2D). Measured per 3D layer (forward + backward)
+  2.5-7x faster than "xla", 20x for stride 2, and 7x on the reference U-Net's conv chain
+  (python -m experiments.bench_conv).
+- "auto" (the default): "planes" on the CPU, "xla" otherwise.
 
-XLA:CPU also hands 2D convolutions with > 16 channels to YNNPACK, whose weight-gradient kernels are far
-slower than XLA's Eigen ones here (the 3D chain trains 1.9x faster without it; matmuls lose nothing). Turn
-it off per jitted function with `jax.jit(..., compiler_options=cpu_compiler_options())`, or process-wide
-with `use_cpu_flags()` (adds `XLA_CPU_FLAGS` to XLA_FLAGS; effective only before JAX's first computation).
+XLA:CPU's library fusions are chosen per jitted function: heartjax compiles with YNNPACK for reductions
+only. By default XLA:CPU also hands 2D convolutions with > 16 channels to YNNPACK, whose weight-gradient
+kernels are far slower than XLA's Eigen ones here (the 3D chain trains 1.9x faster without), while
+YNNPACK's reductions beat XLA's own (the instance-norm statistics: train3d_ref 2.3-2.6 -> 2.0 s). Apply it
+per jitted function with `jax.jit(..., compiler_options=cpu_compiler_options())`, or process-wide with
+`use_cpu_flags()` (adds `XLA_CPU_FLAGS` to XLA_FLAGS; effective only before JAX's first computation).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from jax import lax
 from heartjax.errors import HeartjaxError
 
 IMPLS = ("auto", "xla", "planes")
-XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=reduce"
+_YNN_OPTION = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 _DN2 = ("NHWC", "HWIO", "NHWC")
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
 _default_impl = "auto"
@@ -65,13 +70,13 @@ def resolve_impl(impl: str, spatial_dims: int) -> str:
     if name == "auto":
         name = _default_impl
     if name == "auto":
-        name = "planes" if (jax.default_backend() == "cpu" and spatial_dims == 3) else "xla"
+        name = "planes" if jax.default_backend() == "cpu" else "xla"
     return name
 
 
 def cpu_compiler_options() -> dict:
-    """`compiler_options` for `jax.jit` that keep XLA:CPU convolutions (and dots) off YNNPACK; {} off the CPU."""
-    return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
+    """`compiler_options` for `jax.jit` that give XLA:CPU's reductions, and nothing else, to YNNPACK; {} off the CPU."""
+    return dict(_YNN_OPTION) if jax.default_backend() == "cpu" else {}
 
 
 def use_cpu_flags() -> bool:
@@ -107,16 +112,45 @@ def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "
     pads = _pads(padding, x.shape[1:-1], w.shape[:nd], st)
     if any(p < 0 for pair in pads for p in pair):
         raise HeartjaxError(f"conv padding must not be negative, got {padding!r}")
-    if resolve_impl(impl, nd) == "xla" or nd == 2:  # XLA:CPU's 2D convs (strided too) are fast already
+    strided = any(s > 1 for s in st)
+    if resolve_impl(impl, nd) == "xla" or (nd == 2 and strided):  # strided 2D: XLA's own is faster than s2d
         return _xla(x, w, st, pads)
-    if any(s > 1 for s in st):
+    if strided:
         x, w, pads = _space_to_depth(x, w, st, pads)
     x, pads = _fit_pads(x, w.shape[:nd], pads)
-    if all(k == 1 for k in w.shape[:nd]):  # 1x1x1 (pads all moved into x by _fit_pads): a matrix product
-        y = lax.dot_general(x, w.reshape(w.shape[-2:]), (((nd + 1,), (0,)), ((), ())),
-                            preferred_element_type=_acc_type(x.dtype))
-        return y.astype(x.dtype)
-    return _planes(x, w, pads)
+    if all(k == 1 for k in w.shape[:nd]):  # 1x1(x1); _fit_pads moved every pad into x
+        return _pointwise(x, w)
+    return _planes(x, w, pads) if nd == 3 else _xla(x, w, (1,) * nd, pads)
+
+
+def _dot_channels(x, m):
+    """x [..., C] @ m [C, O], accumulated in float32 for low precision."""
+    return lax.dot_general(x, m, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=_acc_type(x.dtype))
+
+
+@jax.custom_vjp
+def _pointwise(x, w):
+    """A 1x1(x1) stride-1 convolution as matrix products: the kernel gradient x^T dy then needs none of the
+    transposes XLA:CPU puts around its weight-gradient convs. Undifferentiated 2D (inference) keeps XLA's
+    own conv, measured 7 % faster there (forward2d_ref)."""
+    if x.ndim == 4:
+        return _xla(x, w, (1, 1), ((0, 0), (0, 0)))
+    return _pointwise_fwd(x, w)[0]
+
+
+def _pointwise_fwd(x, w):
+    return _dot_channels(x, w.reshape(w.shape[-2:])).astype(x.dtype), (x, w)
+
+
+def _pointwise_bwd(res, dy):
+    x, w = res
+    dx = _dot_channels(dy, w.reshape(w.shape[-2:]).T).astype(x.dtype)
+    axes = tuple(range(x.ndim - 1))
+    dw = lax.dot_general(x, dy, ((axes, axes), ((), ())), preferred_element_type=_acc_type(x.dtype))
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def upsample(x: jax.Array, factor=2, method: str = "nearest") -> jax.Array:

@@ -33,6 +33,7 @@ CASES = [
     ((3, 7, 8, 2), (3, 3), 3, 1, [(0, 2), (1, 1)]),
     ((2, 6, 5, 3), (1, 1), 2, 1, "VALID"),
     ((2, 4, 5, 3), (1, 1), 2, 2, [(1, 0), (0, 2)]),
+    ((2, 4, 5, 3), (1, 1), 2, 1, [(1, 0), (0, 2)]),  # 2D 1x1 stride 1: matrix products in training
 ]
 IMPLS = ["xla", "planes"]
 
@@ -136,7 +137,7 @@ def test_default_impl_is_switchable_and_auto_resolves_per_backend():
     assert conv_lib.get_default_impl() == "auto"
     cpu = jax.default_backend() == "cpu"
     assert conv_lib.resolve_impl("auto", 3) == ("planes" if cpu else "xla")
-    assert conv_lib.resolve_impl("auto", 2) == "xla"
+    assert conv_lib.resolve_impl("auto", 2) == ("planes" if cpu else "xla")
     conv_lib.set_default_impl("xla")
     assert conv_lib.get_default_impl() == "xla"
     assert conv_lib.resolve_impl("auto", 3) == "xla"
@@ -219,7 +220,8 @@ def test_upsample_2d_bfloat16_and_errors():
 
 def test_cpu_compiler_options_keep_results_equal():
     opts = conv_lib.cpu_compiler_options()
-    assert opts == ({"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {})
+    ynn = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert opts == (ynn if jax.default_backend() == "cpu" else {})
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 6, 20), np.float32))  # > 16 channels: YNNPACK-eligible
     w = jnp.asarray(rng.standard_normal((3, 3, 3, 20, 24), np.float32))
@@ -253,10 +255,12 @@ def test_use_cpu_flags_appends_once(monkeypatch):
 def test_use_cpu_flags_takes_effect_before_the_first_computation():
     code = ("from heartjax import conv; import jax, jax.numpy as jnp; ok = conv.use_cpu_flags(); "
             "x = jnp.ones((2, 8, 8, 32)); w = jnp.ones((3, 3, 32, 32)); "
-            "t = jax.jit(lambda a, b: conv.conv(a, b)).lower(x, w).compile().as_text(); "
-            "print(ok, 'ynn' in t)")
+            "f = lambda a, b: (conv.conv(a, b), jnp.sum(a * a, axis=(1, 2))); "
+            "t = jax.jit(f).lower(x, w).compile().as_text(); entry = t[t.index('ENTRY'):]; "
+            "print(ok, ' convolution(' in entry, '__ynn_fusion' in t)")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": root}, capture_output=True,
                          text=True, timeout=60, check=True).stdout.split()
-    assert out == ["True", "False"]  # applied, and the 2D conv was kept off YNNPACK
+    # applied: the 2D conv stays XLA's own (by default YNNPACK takes it), the reduction goes to YNNPACK
+    assert out == ["True", "True", "True"]
