@@ -6,11 +6,9 @@ Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial 
 - "xla": one `jax.lax.conv_general_dilated`. Best on GPU/TPU.
 - "planes" (the CPU): XLA:CPU runs 2D convolutions through library kernels (Eigen / YNNPACK) but 3D
   ones through a generic loop, and its strided 3D input gradient is pathological (>10 s for one U-Net layer).
-  "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X: either the kx X-shifted
-  copies of the input are stacked in channels, or the kx kernel planes in output channels (then shifted
-  slices of the output are added; used for inference, for the input gradient, and in training for layers
-  with <= 16 output channels), and the kernel gradient is ONE 2D weight-gradient conv with the shifts stacked
-  (custom VJP). Strided 3D convs are first rewritten as stride-1 ones (space-to-depth). 1x1(x1) convs are
+  "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X and the kx kernel planes
+  stacked in output channels, then adds shifted slices of its output (forward and input gradient); the
+  kernel gradient is ONE 2D weight-gradient conv with the X shifts stacked (custom VJP). Strided 3D convs are first rewritten as stride-1 ones (space-to-depth). 1x1(x1) convs are
   matrix products in training (their kernel gradient then needs no layout transposes). Other 2D convs are
   XLA's own (space-to-depth measured slower for strided 2D). Measured per 3D layer (forward + backward)
   2.5-7x faster than "xla", 20x for stride 2, and 7x on the reference U-Net's conv chain
@@ -255,19 +253,6 @@ def _shift_x(v, d: int, n: int):
     return lax.pad(v, jnp.zeros((), v.dtype), cfg)
 
 
-def _im3(x, w, pads):
-    """Stride-1 3D conv as ONE 2D conv over (Y, Z), batch B * X_out, whose input stacks the kx X-shifted
-    copies of x in channels: out = conv2d(stack_a x[i + a - lo], w as [ky, kz, kx * C_in, C_out])."""
-    kx, ky, kz, cin, cout = w.shape
-    b, nx = x.shape[:2]
-    (lo, hi), pads_yz = pads[0], pads[1:]
-    xo = nx + lo + hi - kx + 1
-    p = jnp.stack([_shift_x(x, lo - a, xo) for a in range(kx)], axis=-2)
-    y = _conv2d(p.reshape(b * xo, *x.shape[2:4], kx * cin), w.transpose(1, 2, 0, 3, 4).reshape(ky, kz, kx * cin, cout),
-                pads_yz)
-    return y.reshape(b, xo, *y.shape[1:]).astype(x.dtype)
-
-
 def _stacked(x, w, pads):
     """Stride-1 3D conv as ONE 2D conv over (Y, Z), batch B * X, with the kx kernel planes stacked in C_out,
     then out[i] = sum_a q[i + a - lo, plane a]: the planes' X shifts become shifted slices of the output."""
@@ -307,31 +292,25 @@ def _planes_dw(x, dy, wshape, pads):
     return g.reshape(ky, kz, cin, kx, cout).transpose(3, 0, 1, 2, 4)
 
 
-# Forward formulation per context (measured, experiments/bench_conv and the benchmark's train/forward rows):
-# without differentiation (inference) stacking kernel planes in C_out is faster for every layer of the
-# reference U-Net (forward3d_ref 1.34 -> 1.0 s); inside a train step stacking inputs wins except for
-# layers with few output channels, where the stacked GEMM's wider output (kx * C_out) pays off.
-STACK_OUT_MAX_TRAIN = 16
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _planes(x, w, pads):
     """Stride-1 3D convolution as 2D convolutions over (Y, Z); needs 0 <= lo, hi <= k - 1 (see _fit_pads).
-    This primal runs when nothing differentiates it (inference); train steps go through _planes_fwd."""
+
+    Kernel planes stacked in C_out for every layer, in inference and training alike: measured faster than
+    stacking the X-shifted inputs in channels for every layer of the reference U-Net at inference, and in
+    the train step once XLA:CPU's reductions run on YNNPACK (train3d_ref 2.04 -> 1.94 s, alternating A/B)."""
     return _stacked(x, w, pads)
 
 
 def _planes_fwd(x, w, pads):
     """Forward pass inside a differentiated function; keeps the inputs for the backward pass."""
-    y = _stacked(x, w, pads) if w.shape[-1] <= STACK_OUT_MAX_TRAIN else _im3(x, w, pads)
-    return y, (x, w)
+    return _stacked(x, w, pads), (x, w)
 
 
 def _planes_bwd(pads, res, dy):
     """dx = stride-1 conv of dy with the flipped, transposed kernel; dw = _planes_dw.
 
-    The forward stacks inputs (one conv output, cheap for the next layer's consumers to read), dx stacks
-    kernel planes (no input copies): the faster pair in the encoder-decoder chain of experiments/bench_conv.
+    dx stacks kernel planes too (no input copies).
     """
     x, w = res
     back = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:3], pads))
