@@ -3,7 +3,7 @@
     python -m experiments.bench_conv [--repeats N] [--json FILE] [--sections layers,chain,2d,upsample] [--quick]
 
 Variants: every conv impl ("xla", "planes"), and each once more compiled with heartjax.conv.cpu_compiler_options()
-("+eigen": XLA:CPU keeps convolutions off YNNPACK). Rows: (a) single 3x3x3 layers at the reference U-Net's sizes,
+("+eigen": XLA:CPU keeps convolutions off YNNPACK and gives it only reductions). Rows: (a) single 3x3x3 layers at the reference U-Net's sizes,
 (b) a chain with the reference U-Net's conv work (features 16-32-64-128, stride-2 convs down, 1x1 conv +
 nearest upsampling + skip concat up, ReLU, no norm; batch 2 x 64^3, 8 classes), (c) 2D layers at batch 32,
 (d) nearest upsampling x2 of 2 x 32^3 x 32: heartjax.conv.upsample vs jnp.repeat vs jax.image.resize.

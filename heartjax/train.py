@@ -128,7 +128,7 @@ def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossCon
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr}
         return {**state, "params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}, metrics
 
-    # YNNPACK's conv weight-gradient kernels are slow on the CPU (heartjax.conv): keep XLA's own.
+    # On the CPU: convolutions on XLA's own kernels, reductions on YNNPACK (heartjax.conv.cpu_compiler_options).
     return jax.jit(train_step, donate_argnums=0, compiler_options=conv_lib.cpu_compiler_options())
 
 
