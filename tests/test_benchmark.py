@@ -47,6 +47,8 @@ def test_quick_json_report(tmp_path):
     for name in ("train3d_ref", "train2d_ref", "train3d_default", "train2d_default"):
         r = rows[name]
         assert _positive(r["jax_aug_s"]) and _positive(r["augment_s"]) and 0 < r["augment_share"]
+    for name in ("train3d_ref", "forward3d_ref", "train3d_default"):  # strided 3D convs execute zero taps
+        assert rows[name]["gflop"] < rows[name]["gflop_executed"], name
     # A train step (forward + backward) costs more FLOPs than the forward of the same net and batch.
     assert rows["train2d_ref"]["gflop"] > rows["forward2d_ref"]["gflop"]
     out = proc.stdout
@@ -114,6 +116,24 @@ def test_flops_of_handles_dict_and_list():
     assert benchmark.flops_of(_Compiled({"flops": 12.0, "bytes accessed": 3.0})) == 12.0
     assert benchmark.flops_of(_Compiled([{"flops": 7.0}])) == 7.0
     assert math.isnan(benchmark.flops_of(_Compiled(None)))
+
+
+def test_model_flops_count_the_network_not_its_formulation():
+    import jax
+    import jax.numpy as jnp
+
+    from heartjax import conv as conv_lib
+
+    x, w = jnp.ones((1, 8, 8, 8, 4)), jnp.ones((3, 3, 3, 4, 6))
+    build = lambda: (jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2)), (x, w))
+    # stride 2, SAME: 4 outputs per axis reading taps 2o + t (t < 3) of 8 voxels; 11 of the 12 (output, tap)
+    # pairs per axis are inside the image (XLA counts no padding taps): 2 * C_out * C_in * 11^3
+    analytic = 2 * 6 * 4 * 11**3
+    assert benchmark.model_flops(build) == pytest.approx(analytic, rel=0.02)
+    executed = benchmark.flops_of(jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl="planes")).lower(x, w))
+    if conv_lib.resolve_impl("auto", 3) == "planes":
+        assert executed > 1.5 * analytic  # space-to-depth's zero taps (2.4x for k=3, s=2)
+    assert conv_lib.get_default_impl() == "auto"  # restored
 
 
 def test_compare_torch_without_torch_exits_2(monkeypatch, capsys):
