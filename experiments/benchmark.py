@@ -1,7 +1,8 @@
 """Throughput probe of the U-Net train steps and forward passes, optionally side by side with PyTorch.
 
     python -m experiments.benchmark [--sizes ref,default] [--repeats N] [--json FILE] [--compare-torch]
-                                    [--conv-impl NAME] [--quick]
+                                    [--conv-impl NAME] [--dtypes float32,bfloat16] [--upsamples resize,transpose]
+                                    [--quick]
 
 Every row is timed after compilation and one warm-up call, `--repeats` times, each call ended by
 block_until_ready; the table shows the median and the spread (min-max). Train rows time the jitted step
@@ -14,6 +15,11 @@ before and after the rows; the better median) follow from them. With
 --compare-torch the same network (experiments/torch_unet.py, parameter tensors asserted equal) is timed in the
 same run, alternating JAX and PyTorch calls, and `ratio` = jax_s / torch_s (> 1: JAX is slower). The torch
 rows reuse JAX's FLOP count. --quick (a smoke test) shrinks everything; its numbers mean nothing.
+
+--dtypes and --upsamples repeat every row per compute dtype (bfloat16 activations and convolutions with
+float32 parameters; PyTorch under autocast; rated against a bfloat16 matmul peak measured in the same run) and
+per decoder upsampling (1x1 conv + repeat, or a transposed conv); the float32 + resize rows keep their names.
+On a GPU: `python -m experiments.benchmark --dtypes float32,bfloat16 --upsamples resize,transpose --json F`.
 
 Rows: `*_ref` is a fixed reference network (features 16-32-64-128, instance norm, ReLU, no deep supervision,
 SGD); `*_default` follows experiments/configs/volumetric.py's default preset (widths, depth, batch, patch).
@@ -66,6 +72,23 @@ class Row:
     loss: LossConfig
     augment: AugmentConfig
     note: str = ""
+
+
+DTYPES = ("float32", "bfloat16")
+UPSAMPLE_VARIANTS = ("resize", "transpose")
+
+
+def variant_rows(rows: list[Row], dtypes=("float32",), upsamples=("resize",)) -> list[Row]:
+    """Each row once per (compute dtype, upsampling) pair. The float32 + resize row keeps its name (the names
+    results are compared by across commits); the others get ".bf16" and/or ".transpose" appended."""
+    out = []
+    for row in rows:
+        for dtype in dtypes:
+            for up in upsamples:
+                suffix = (".bf16" if dtype == "bfloat16" else "") + (".transpose" if up == "transpose" else "")
+                model = dataclasses.replace(row.model, dtype=dtype, upsample=up)
+                out.append(dataclasses.replace(row, name=row.name + suffix, model=model))
+    return out
 
 
 def make_rows(sizes, quick: bool = False) -> list[Row]:
@@ -229,10 +252,10 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def matmul_peak(n: int, repeats: int) -> dict:
-    """Median float32 GFLOP/s of a jitted n x n matrix product (default precision, as the network's convs)."""
+def matmul_peak(n: int, repeats: int, dtype: str = "float32") -> dict:
+    """Median GFLOP/s of a jitted n x n matrix product in `dtype` (default precision, as the network's convs)."""
     ka, kb = jax.random.split(jax.random.key(1))
-    a, b = jax.random.normal(ka, (n, n), jnp.float32), jax.random.normal(kb, (n, n), jnp.float32)
+    a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype) for k in (ka, kb))
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, b))
     rates = [2 * n**3 / timed(lambda: dot(a, b)) / 1e9 for _ in range(repeats)]
@@ -274,7 +297,7 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
         from experiments import torch_unet  # imported only here: torch is optional
 
         run_torch, sizes = torch_unet.make_runner(row.model, row.mode, row.optim, row.loss, images, labels,
-                                                  torch_device, seed)
+                                                  torch_device, seed, autocast=row.model.dtype)
         if sizes != jr.param_sizes:  # the same tensors, not only the same total
             raise AssertionError(f"{row.name}: the torch twin has {sum(sizes)} parameters in {len(sizes)} tensors, "
                                  f"the JAX U-Net {jr.params} in {len(jr.param_sizes)}")
@@ -290,7 +313,7 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
     m = row.model
     out = {"name": row.name, "mode": row.mode, "spatial_dims": m.spatial_dims, "batch": row.batch,
            "patch": list(row.patch), "features": m.stage_features(), "deep_supervision": m.deep_supervision,
-           "norm": m.norm, "activation": m.activation, "params": jr.params, "voxels": voxels, "gflop": gflop,
+           "norm": m.norm, "activation": m.activation, "dtype": m.dtype, "upsample": m.upsample, "params": jr.params, "voxels": voxels, "gflop": gflop,
            "gflop_executed": jr.flops / 1e9,
            "optimizer": row.optim.name if row.mode == "train" else None, "repeats": repeats, "note": row.note}
     for k, ts in times.items():  # median and spread
@@ -325,18 +348,22 @@ def format_table(report: dict) -> str:
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    head = (f"{'row':<16} {'shape':<14} {'jax ms (min-max)':<22} {'torch ms (min-max)':<22} {'ratio':>6} {'GFLOP':>8} "
+    w = max([16] + [len(r["name"]) for r in report["rows"]])
+    head = (f"{'row':<{w}} {'shape':<14} {'jax ms (min-max)':<22} {'torch ms (min-max)':<22} {'ratio':>6} {'GFLOP':>8} "
             f"{'jax GF/s':>9} {'%peak':>6} {'torch GF/s':>10} {'Mvox/s':>7} {'compile s':>9} {'aug %':>6}")
     lines = [head, "-" * len(head)]
     for r in report["rows"]:
         shape = f"{r['batch']}x{'x'.join(map(str, r['patch']))}"
-        lines.append(f"{r['name']:<16} {shape:<14} {spread(r, 'jax'):<22} {spread(r, 'torch'):<22} "
+        lines.append(f"{r['name']:<{w}} {shape:<14} {spread(r, 'jax'):<22} {spread(r, 'torch'):<22} "
                      f"{num(r['ratio'], '.2f'):>6} {r['gflop']:>8.2f} {r['jax_gflops']:>9.1f} "
                      f"{100 * r['jax_peak_share']:>6.1f} {num(r['torch_gflops'], '.1f'):>10} "
                      f"{r['jax_voxels_per_s'] / 1e6:>7.3f} {r['jax_compile_s']:>9.1f} "
                      f"{num(r.get('augment_share') and 100 * r['augment_share'], '.0f'):>6}")
-    lines.append(f"peak float32 matmul {report['peak_matmul_gflops']:.1f} GFLOP/s. Train rows: jax ms = step without "
-                 "augmentation; aug % = augment_batch alone / step with augmentation.")
+    bf16 = report.get("peak_matmul_gflops_bf16")
+    lines.append(f"peak float32 matmul {report['peak_matmul_gflops']:.1f} GFLOP/s"
+                 + (f", bfloat16 {bf16:.1f} GFLOP/s (the .bf16 rows' %peak)" if bf16 else "")
+                 + ". Train rows: jax ms = step without augmentation; aug % = augment_batch alone / step with "
+                   "augmentation.")
     lines += [f"  {r['name']}: step with augmentation {_ms(r['jax_aug_s'])} ms, augment_batch alone "
               f"{_ms(r['augment_s'])} ms" + (f"; {r['note']}" if r["note"] else "")
               for r in report["rows"] if r["mode"] == "train"]
@@ -361,8 +388,19 @@ def parse_args(argv):
     p.add_argument("--conv-impl", default=None, metavar="NAME",
                    help="heartjax.conv implementation (default: the default preset's model.conv_impl). XLA options "
                         "apply through the XLA_FLAGS environment variable and are recorded in the report")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma list of compute dtypes: float32, bfloat16 (bfloat16 rows get '.bf16' appended, are "
+                        "rated against a bfloat16 matmul peak, and PyTorch runs them under autocast)")
+    p.add_argument("--upsamples", default="resize",
+                   help="comma list of decoder upsamplings: resize (1x1 conv + repeat), transpose (transposed "
+                        "conv; rows get '.transpose' appended)")
     p.add_argument("--quick", action="store_true", help="tiny networks and batches, 1 repeat (a smoke test)")
     args = p.parse_args(argv)
+    for opt, allowed in (("dtypes", DTYPES), ("upsamples", UPSAMPLE_VARIANTS)):
+        vals = [v.strip() for v in getattr(args, opt).split(",") if v.strip()]
+        if not vals or any(v not in allowed for v in vals):
+            p.error(f"--{opt} {getattr(args, opt)!r}: give a comma list of {', '.join(allowed)}")
+        setattr(args, opt, vals)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s not in ("ref", "default") for s in sizes):
         p.error(f"--sizes {args.sizes!r}: give a comma list of 'ref' and/or 'default'")
@@ -400,8 +438,12 @@ def main(argv=None) -> int:
     print(f"{machine['cpu']} ({machine['cores']} cores), jax {machine['jax']} on {machine['backend']} "
           f"({machine['device_kind']}), conv impl {impl}; load {machine['loadavg_start']}; "
           f"float32 matmul {n}^2: {start['gflops']:.1f} GFLOP/s", flush=True)
+    bf16 = "bfloat16" in args.dtypes
+    start_bf16 = matmul_peak(n, max(args.repeats, 3), "bfloat16") if bf16 else None
+    if bf16:
+        print(f"bfloat16 matmul {n}^2: {start_bf16['gflops']:.1f} GFLOP/s", flush=True)
     rows = []
-    for row in make_rows(args.sizes, args.quick):
+    for row in variant_rows(make_rows(args.sizes, args.quick), args.dtypes, args.upsamples):
         rows.append(run_row(row, args.repeats, torch_device, parallel=args.quick))
         r = rows[-1]
         print(f"  {r['name']}: jax {_ms(r['jax_s'])} ms" + (f", torch {_ms(r['torch_s'])} ms"
@@ -410,11 +452,17 @@ def main(argv=None) -> int:
     # Measured before and after the rows: on a shared machine the better median is the closer to the peak.
     end = matmul_peak(n, max(args.repeats, 3))
     peak = max(start["gflops"], end["gflops"])
+    end_bf16 = matmul_peak(n, max(args.repeats, 3), "bfloat16") if bf16 else None
+    peak_bf16 = max(start_bf16["gflops"], end_bf16["gflops"]) if bf16 else None
     for r in rows:
+        row_peak = peak_bf16 if r["dtype"] == "bfloat16" else peak
         for side in ("jax", "torch"):
-            r[f"{side}_peak_share"] = r[f"{side}_gflops"] / peak if r[f"{side}_gflops"] else None
+            r[f"{side}_peak_share"] = r[f"{side}_gflops"] / row_peak if r[f"{side}_gflops"] else None
     report = {"machine": machine, "peak_matmul_gflops": peak, "peak_matmul": {"start": start, "end": end},
               "rows": rows}
+    if bf16:
+        report.update({"peak_matmul_gflops_bf16": peak_bf16,
+                       "peak_matmul_bf16": {"start": start_bf16, "end": end_bf16}})
     print(format_table(report))
     if args.json:
         write_json(args.json, report)

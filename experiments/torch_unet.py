@@ -183,12 +183,13 @@ def make_forward(model: TorchUNet):
 
 
 def make_runner(cfg, mode: str, optim_cfg, loss_cfg, images: np.ndarray, labels: np.ndarray, device: str = "cpu",
-                seed: int = 0):
+                seed: int = 0, autocast: str = "float32"):
     """The torch side of one benchmark row.
 
     images float32 [B, *spatial, C] and labels int [B, *spatial] are channels-last numpy arrays, as fed to JAX;
     mode is "train" (one optimiser step per call) or "forward". Returns (run, sorted parameter-tensor sizes);
-    run() does one call and waits for the device.
+    run() does one call and waits for the device. autocast "bfloat16" runs each call under torch.autocast (the
+    counterpart of the JAX U-Net's bfloat16 compute with float32 parameters).
     """
     torch.manual_seed(seed)
     model = TorchUNet(cfg).to(device)
@@ -198,7 +199,8 @@ def make_runner(cfg, mode: str, optim_cfg, loss_cfg, images: np.ndarray, labels:
     step = make_train_step(model, optim_cfg, loss_cfg) if mode == "train" else None
 
     def run():
-        out = forward(x) if forward is not None else step(x, y)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+            out = forward(x) if forward is not None else step(x, y)
         if device != "cpu":
             torch.cuda.synchronize()
         return out

@@ -190,3 +190,39 @@ def test_torch_twin_matches_parameters_and_loss():
             t_out = jax.tree.map(lambda o: torch.from_numpy(np.moveaxis(o, -1, 1).copy()), out)
             got = torch_unet.deep_supervision_loss(t_out, torch.from_numpy(labels), loss_cfg)
             assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_variant_rows_name_and_configure_each_dtype_and_upsampling():
+    base = benchmark.make_rows(["ref"], quick=True)
+    rows = benchmark.variant_rows(base, ("float32", "bfloat16"), ("resize", "transpose"))
+    assert len(rows) == 4 * len(base)
+    by_name = {r.name: r for r in rows}
+    assert by_name["train3d_ref"].model == base[0].model  # the default variant keeps name and config
+    r = by_name["train3d_ref.bf16.transpose"]
+    assert (r.model.dtype, r.model.upsample, r.batch, r.patch) == ("bfloat16", "transpose", base[0].batch, base[0].patch)
+    assert by_name["forward2d_ref.transpose"].model.dtype == "float32"
+    assert benchmark.variant_rows(base) == base
+
+
+@pytest.mark.parametrize("argv", [["--dtypes", "float16"], ["--dtypes", ""], ["--upsamples", "bilinear"]])
+def test_bad_variant_options_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        benchmark.parse_args(argv)
+    assert e.value.code == 2
+
+
+def test_quick_bfloat16_transpose_rows_run(tmp_path):
+    path = tmp_path / "v.json"
+    fast_compile = " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + fast_compile).strip()}
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", "--sizes", "ref", "--dtypes",
+                           "bfloat16", "--upsamples", "transpose", "--json", str(path)],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(path.read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == [f"{n}.bf16.transpose" for n in ("train3d_ref", "forward3d_ref", "train2d_ref", "forward2d_ref")]
+    assert _positive(report["peak_matmul_gflops_bf16"])
+    for r in report["rows"]:
+        assert (r["dtype"], r["upsample"]) == ("bfloat16", "transpose") and _positive(r["jax_s"])
+        assert r["jax_peak_share"] == pytest.approx(r["jax_gflops"] / report["peak_matmul_gflops_bf16"])
