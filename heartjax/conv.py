@@ -8,11 +8,11 @@ Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial 
   ones through a generic loop, and its strided 3D input gradient is pathological (>10 s for one U-Net layer).
   "planes" writes a stride-1 3D conv as ONE 2D conv over (Y, Z) with batch B * X and the kx kernel planes
   stacked in output channels, then adds shifted slices of its output (forward and input gradient); the
-  kernel gradient is ONE 2D weight-gradient conv with the X shifts stacked (custom VJP). Strided 3D convs are first rewritten as stride-1 ones (space-to-depth). 1x1(x1) convs are
-  matrix products in training (their kernel gradient then needs no layout transposes). Other 2D convs are
-  XLA's own (space-to-depth measured slower for strided 2D). Measured per 3D layer (forward + backward)
-  2.5-7x faster than "xla", 20x for stride 2, and 7x on the reference U-Net's conv chain
-  (python -m experiments.bench_conv).
+  kernel gradient is ONE 2D weight-gradient conv with the X shifts stacked (custom VJP). Strided 3D convs
+  are first rewritten as stride-1 ones (space-to-depth). 1x1(x1) convs are matrix products in training
+  (their kernel gradient then needs no layout transposes). Other 2D convs are XLA's own (space-to-depth
+  measured slower for strided 2D). Measured per 3D layer (forward + backward) 2.5-7x faster than "xla",
+  20x for stride 2, and 7x on the reference U-Net's conv chain (python -m experiments.bench_conv).
 - "auto" (the default): "planes" on the CPU, "xla" otherwise.
 
 XLA:CPU's library fusions are chosen per jitted function: heartjax compiles with YNNPACK for reductions
@@ -137,10 +137,12 @@ def _pointwise(x, w):
 
 
 def _pointwise_fwd(x, w):
+    """Forward pass inside a differentiated function (a matrix product); keeps the inputs."""
     return _dot_channels(x, w.reshape(w.shape[-2:])).astype(x.dtype), (x, w)
 
 
 def _pointwise_bwd(res, dy):
+    """dx = dy w^T and dw = x^T dy, both matrix products over every voxel."""
     x, w = res
     dx = _dot_channels(dy, w.reshape(w.shape[-2:]).T).astype(x.dtype)
     axes = tuple(range(x.ndim - 1))
