@@ -313,8 +313,8 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
     m = row.model
     out = {"name": row.name, "mode": row.mode, "spatial_dims": m.spatial_dims, "batch": row.batch,
            "patch": list(row.patch), "features": m.stage_features(), "deep_supervision": m.deep_supervision,
-           "norm": m.norm, "activation": m.activation, "dtype": m.dtype, "upsample": m.upsample, "params": jr.params, "voxels": voxels, "gflop": gflop,
-           "gflop_executed": jr.flops / 1e9,
+           "norm": m.norm, "activation": m.activation, "dtype": m.dtype, "upsample": m.upsample,
+           "params": jr.params, "voxels": voxels, "gflop": gflop, "gflop_executed": jr.flops / 1e9,
            "optimizer": row.optim.name if row.mode == "train" else None, "repeats": repeats, "note": row.note}
     for k, ts in times.items():  # median and spread
         out.update({f"{k}_s": statistics.median(ts), f"{k}_min_s": min(ts), f"{k}_max_s": max(ts)})
@@ -396,15 +396,11 @@ def parse_args(argv):
                         "conv; rows get '.transpose' appended)")
     p.add_argument("--quick", action="store_true", help="tiny networks and batches, 1 repeat (a smoke test)")
     args = p.parse_args(argv)
-    for opt, allowed in (("dtypes", DTYPES), ("upsamples", UPSAMPLE_VARIANTS)):
+    for opt, allowed in (("sizes", ("ref", "default")), ("dtypes", DTYPES), ("upsamples", UPSAMPLE_VARIANTS)):
         vals = [v.strip() for v in getattr(args, opt).split(",") if v.strip()]
         if not vals or any(v not in allowed for v in vals):
             p.error(f"--{opt} {getattr(args, opt)!r}: give a comma list of {', '.join(allowed)}")
         setattr(args, opt, vals)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    if not sizes or any(s not in ("ref", "default") for s in sizes):
-        p.error(f"--sizes {args.sizes!r}: give a comma list of 'ref' and/or 'default'")
-    args.sizes = sizes
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     if args.repeats < 1:
         p.error(f"--repeats {args.repeats}: needs at least 1")
