@@ -28,7 +28,8 @@ CASES = [
     ((1, 6, 5, 4, 2), (1, 1, 1), 3, 2, "VALID"),
     ((1, 5, 6, 4, 2), (3, 3, 3), 3, 1, [(3, 0), (1, 2), (0, 4)]),  # pads beyond k - 1
     ((1, 4, 3, 5, 2), (1, 1, 1), 2, 1, [(1, 0), (0, 1), (2, 2)]),
-    ((2, 9, 10, 3), (3, 3), 4, 1, "SAME"),
+    ((2, 9, 10, 3), (3, 3), 4, 1, "SAME"),  # k^2 * C_in <= TAPS_MAX: forward as a sum of shifted copies
+    ((2, 7, 6, 5), (3, 3), 3, 1, "SAME"),  # above TAPS_MAX: XLA's own
     ((2, 9, 10, 3), (3, 3), 4, 2, "SAME"),
     ((2, 8, 9, 3), (3, 3), 4, (2, 1), [(1, 0), (2, 1)]),  # strided 2D: input gradient via space-to-depth
     ((1, 10, 8, 2), (3, 3), 3, 2, "VALID"),
@@ -116,7 +117,7 @@ def test_jit_equals_eager_and_compiles_once(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[8]], ids=["3d", "2d"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[8], CASES[5], CASES[13]], ids=["3d-s2", "pointwise", "taps", "2d"])
 def test_bfloat16_runs_close_to_float32(case, impl):
     x, w, ct = make(case, seed=5)
     strides, padding = case[3], case[4]
