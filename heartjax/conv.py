@@ -44,6 +44,7 @@ from heartjax.errors import HeartjaxError
 IMPLS = ("auto", "xla", "planes")
 XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 _YNN_OPTION = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+STACK_IN_MAX = 32  # _stacked stacks inputs rather than kernel planes for C_in <= this and C_out >= 2 C_in
 TAPS_MAX = 32  # stride-1 convs with k^d * C_in <= this run forward as a sum of shifted copies (_taps)
 _DN2 = ("NHWC", "HWIO", "NHWC")
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
@@ -375,10 +376,20 @@ def _shift_x(v, d: int, n: int):
 
 def _stacked(x, w, pads):
     """Stride-1 3D conv as ONE 2D conv over (Y, Z), batch B * X, with the kx kernel planes stacked in C_out,
-    then out[i] = sum_a q[i + a - lo, plane a]: the planes' X shifts become shifted slices of the output."""
+    then out[i] = sum_a q[i + a - lo, plane a]: the planes' X shifts become shifted slices of the output.
+
+    When C_out >= 2 C_in (and C_in <= 32) the X-shifted inputs are stacked in C_in instead (the smaller
+    stack): the input gradient of the reference U-Net's decoder convs, e.g. 16 -> 32 channels at 2 x 64^3,
+    165 -> 146 ms. With equal channels stacking outputs stays faster (91 vs 116 ms at 16 -> 16)."""
     kx, ky, kz, cin, cout = w.shape
     b, nx = x.shape[:2]
     (lo, hi), pads_yz = pads[0], pads[1:]
+    if cout >= 2 * cin and cin <= STACK_IN_MAX:
+        xo = nx + lo + hi - kx + 1
+        p = jnp.concatenate([_shift_x(x, lo - a, xo) for a in range(kx)], axis=-1)  # p[i, a] = x[i + a - lo]
+        y = _conv2d(p.reshape(b * xo, *x.shape[2:4], kx * cin),
+                    w.transpose(1, 2, 0, 3, 4).reshape(ky, kz, kx * cin, cout), pads_yz)
+        return y.reshape(b, xo, *y.shape[1:]).astype(x.dtype)
     q = _conv2d(x.reshape(b * nx, *x.shape[2:]), w.transpose(1, 2, 3, 0, 4).reshape(ky, kz, cin, kx * cout), pads_yz)
     q = q.reshape(b, nx, *q.shape[1:3], kx, cout)
     xo = nx + lo + hi - kx + 1
