@@ -148,8 +148,9 @@ def model_flops(build) -> float:
     that `build()` returns as (jitted, args), traced with every convolution as ONE lax.conv_general_dilated.
 
     `build` must make a new jitted function (jit caches traces per function, and the conv impl is not part
-    of its key). The CPU formulation executes more (space-to-depth's zero taps: train3d_ref 176.6 vs 158.3
-    GFLOP); the executed count is reported as `gflop_executed`, rates use the model count.
+    of its key). The CPU formulation executes more (the zero planes of the strided convs' X-phase split,
+    the 2D strided input gradients' space-to-depth: train3d_ref 165.4 vs 158.1 GFLOP); the executed count is
+    reported as `gflop_executed`, rates use the model count.
     """
     prev = conv_lib.get_default_impl()
     conv_lib.set_default_impl("xla")
