@@ -139,18 +139,17 @@ class Norm(nnx.Module):
 
     def __call__(self, x, train: bool):
         dtype, x = x.dtype, x.astype(jnp.float32)
-        spatial = tuple(range(1, x.ndim - 1))
-        if self.kind == "batch":
-            if train:
-                mean, var = x.mean((0, *spatial)), x.var((0, *spatial))
-                m = self.momentum
-                self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
-                self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
-            else:
-                mean, var = self.mean[...], self.var[...]
-            y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
-        else:
+        if self.kind != "batch":  # instance (groups == channels) or group
             return group_norm(x, self.scale[...], self.bias[...], self.groups).astype(dtype)
+        spatial = tuple(range(1, x.ndim - 1))
+        if train:
+            mean, var = x.mean((0, *spatial)), x.var((0, *spatial))
+            m = self.momentum
+            self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+            self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+        else:
+            mean, var = self.mean[...], self.var[...]
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
         return (y * self.scale[...] + self.bias[...]).astype(dtype)
 
 
