@@ -9,7 +9,7 @@ block_until_ready; the table shows the median and the spread (min-max). Train ro
 WITHOUT augmentation (`jax_s`: the work PyTorch does too; its loaders augment on the host), and additionally
 the step with the on-device augmentation and the jitted augment_batch alone on the same batch. FLOPs per call
 are the network's own (model FLOPs): XLA's cost analysis of the same function traced with every convolution as
-one lax.conv_general_dilated (`gflop`; what the CPU formulation executes, ~10 % more in 3D, is
+one lax.conv_general_dilated (`gflop`; what the CPU formulation executes, ~5 % more in 3D, is
 `gflop_executed`); GFLOP/s and the share of the machine's float32 matmul peak (a 4096^2 jnp.dot, measured
 before and after the rows; the better median) follow from them. With
 --compare-torch the same network (experiments/torch_unet.py, parameter tensors asserted equal) is timed in the

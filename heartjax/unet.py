@@ -171,17 +171,17 @@ def group_norm(x, scale, bias, groups: int):
     channel), from which dx, dscale and dbias all follow, instead of the several reductions automatic
     differentiation of the two-pass statistics produces.
     """
-    return group_norm_fwd(x, scale, bias, groups)[0]
+    return _group_norm_fwd(x, scale, bias, groups)[0]
 
 
-def group_norm_fwd(x, scale, bias, groups):
+def _group_norm_fwd(x, scale, bias, groups):
     """Forward pass; keeps x and the statistics."""
     g, mean, rstd = _group_stats(x, groups)
     y = ((g - mean) * rstd).reshape(x.shape) * scale + bias
     return y, (x, scale, mean, rstd)
 
 
-def group_norm_bwd(groups, res, dy):
+def _group_norm_bwd(groups, res, dy):
     """dx = rstd (dxh - mean(dxh) - x_hat mean(dxh x_hat)) per group, dxh = dy * scale."""
     x, scale, mean, rstd = res
     spatial = tuple(range(1, x.ndim - 1))
@@ -199,7 +199,7 @@ def group_norm_bwd(groups, res, dy):
     return dx.reshape(x.shape), sum_dy_xhat.sum(0), sum_dy.sum(0)
 
 
-group_norm.defvjp(group_norm_fwd, group_norm_bwd)
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 class ConvBlock(nnx.Module):
