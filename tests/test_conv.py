@@ -103,6 +103,24 @@ def test_forward_and_gradients_match_lax(case):
         assert rel_err(dw, dw_ref) < 1e-5, impl
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 2), (2, 4, 5, 6, 3)])
+def test_materialised_returns_its_input_exactly_on_both_branches(shape, dtype):
+    v = jnp.asarray(np.random.default_rng(7).standard_normal(shape, np.float32), dtype)
+    f = jax.jit(conv_lib._materialised)
+    for key in (1.0, jnp.nan, jnp.inf):  # finite: the plain branch; non-finite: the double flip
+        out = f(v, jnp.float32(key))
+        assert out.dtype == dtype and out.shape == v.shape
+        np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(v, np.float32))
+
+
+def test_planes_backward_reads_materialised_buffers():
+    """The CPU formulation's gradients put x and dy behind a run-time conditional (see _materialised)."""
+    x, w, ct = make(CASES[0])
+    grad = jax.jit(jax.grad(lambda a, b: jnp.vdot(conv_lib.conv(a, b, impl="planes"), ct), argnums=(0, 1)))
+    assert "conditional" in grad.lower(x, w).as_text(dialect="hlo")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_jit_equals_eager_and_compiles_once(impl):
     case = CASES[1]
