@@ -135,7 +135,7 @@ def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "
     return _planes(x, w, pads) if nd == 3 else _plain2d(x, w, pads)
 
 
-_MATERIALISE = True
+_MATERIALISE = True  # _materialised's switch, read at trace time (False: the plain graph, for A/B timings)
 
 
 def _materialised(v, key):
