@@ -167,7 +167,10 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     `meta` (dict) carries resumable loop state: "train_seconds", "ema", "best_ema", "best_step", "history".
     With `max_seconds`, the step time is measured over `calibrate_steps` steps after the first (compiling) one and
     the run is shortened to fit the budget: state["total"] (the schedule's length) and the last step are set
-    then, so the learning rate still decays to its end. `num_steps` stays the upper bound.
+    then, so the learning rate still decays to its end. At every later log point the plan is redone from the
+    steps timed since (when it moves by more than 1 %): the first steps run on prefetched batches, so they
+    come out faster than the steady state, whose host sampling shares the cores. `num_steps` stays the upper
+    bound; evaluation and checkpointing are not training time.
     """
     from heartjax.sampling import Prefetcher  # local: keeps train importable without the data layer
 
@@ -179,7 +182,9 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     if meta.get("budget_steps"):
         num_steps = int(meta["budget_steps"])
     calibrating = max_seconds is not None and not meta.get("budget_steps")
+    upper = num_steps
     t_first = None
+    replan_from = None  # (step, training seconds) where the calibration ended
     bar = None
     if progress:
         from tqdm import tqdm
@@ -207,6 +212,7 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
                     state = {**state, "total": jnp.asarray(num_steps, jnp.int32)}
                     meta["budget_steps"] = num_steps
                     calibrating = False
+                    replan_from = (done, seconds + now - t0)
                     if bar is not None:
                         bar.total = num_steps
                         bar.refresh()
@@ -215,6 +221,17 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
+            if replan_from is not None and done - replan_from[0] >= calibrate_steps and done < num_steps:
+                per_step = (seconds - replan_from[1]) / (done - replan_from[0])
+                target = int(min(upper, done + max(0.0, max_seconds - seconds) // per_step))
+                target = max(target, done)
+                if abs(target - num_steps) > 0.01 * num_steps:
+                    num_steps = target
+                    state = {**state, "total": jnp.asarray(num_steps, jnp.int32)}
+                    meta["budget_steps"] = num_steps
+                    if bar is not None:
+                        bar.total = num_steps
+                        bar.refresh()
             if not math.isfinite(m["loss"]):
                 last = checkpointer.latest_step() if checkpointer is not None else None
                 raise HeartjaxError(
