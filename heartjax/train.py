@@ -189,6 +189,15 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+    def replan(state, steps):
+        """Make `steps` the run's length: the schedule's total, the resumable plan and the progress bar."""
+        meta["budget_steps"] = steps
+        if bar is not None:
+            bar.total = steps
+            bar.refresh()
+        return {**state, "total": jnp.asarray(steps, jnp.int32)}
+
     fetcher = Prefetcher(sampler, start_step, num_steps, depth=prefetch, sharding=sharding)
     t0 = time.perf_counter()
     try:
@@ -207,31 +216,21 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
                 else:
                     per_step = (now - t_first) / calibrate_steps
                     left = max_seconds - (seconds + now - t0)
-                    num_steps = int(min(num_steps, done + max(0, left) // per_step))
-                    num_steps = max(num_steps, done)
-                    state = {**state, "total": jnp.asarray(num_steps, jnp.int32)}
-                    meta["budget_steps"] = num_steps
+                    num_steps = max(int(min(num_steps, done + max(0, left) // per_step)), done)
+                    state = replan(state, num_steps)
                     calibrating = False
                     replan_from = (done, seconds + now - t0)
-                    if bar is not None:
-                        bar.total = num_steps
-                        bar.refresh()
             if done % log_every and done % eval_every and done != num_steps:
                 continue
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             if replan_from is not None and done - replan_from[0] >= calibrate_steps and done < num_steps:
-                per_step = (seconds - replan_from[1]) / (done - replan_from[0])
-                target = int(min(upper, done + max(0.0, max_seconds - seconds) // per_step))
-                target = max(target, done)
+                per_step = max(seconds - replan_from[1], 1e-9) / (done - replan_from[0])
+                target = max(int(min(upper, done + max(0.0, max_seconds - seconds) // per_step)), done)
                 if abs(target - num_steps) > 0.01 * num_steps:
                     num_steps = target
-                    state = {**state, "total": jnp.asarray(num_steps, jnp.int32)}
-                    meta["budget_steps"] = num_steps
-                    if bar is not None:
-                        bar.total = num_steps
-                        bar.refresh()
+                    state = replan(state, num_steps)
             if not math.isfinite(m["loss"]):
                 last = checkpointer.latest_step() if checkpointer is not None else None
                 raise HeartjaxError(
