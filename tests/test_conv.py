@@ -105,13 +105,15 @@ def test_forward_and_gradients_match_lax(case):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 2), (2, 4, 5, 6, 3)])
-def test_materialised_returns_its_input_exactly_on_both_branches(shape, dtype):
-    v = jnp.asarray(np.random.default_rng(7).standard_normal(shape, np.float32), dtype)
+def test_materialised_returns_its_inputs_exactly_on_both_branches(shape, dtype):
+    rng = np.random.default_rng(7)
+    x, dy = (jnp.asarray(rng.standard_normal(shape, np.float32), dtype) for _ in range(2))
     f = jax.jit(conv_lib._materialised)
     for key in (1.0, jnp.nan, jnp.inf):  # finite: the plain branch; non-finite: the double flip
-        out = f(v, jnp.float32(key))
-        assert out.dtype == dtype and out.shape == v.shape
-        np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(v, np.float32))
+        w = jnp.full((3, 3, 2, 2), key, dtype)
+        for out, v in zip(f(x, dy, w), (x, dy)):
+            assert out.dtype == dtype and out.shape == v.shape
+            np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(v, np.float32))
 
 
 def test_planes_backward_reads_materialised_buffers():
