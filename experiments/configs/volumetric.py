@@ -80,7 +80,7 @@ BASE = {
     "train": {
         "models": ["2d", "3d"],
         "steps": 900,             # the same number of optimiser steps for both models
-        "max_seconds": None,      # a wall-time budget per model instead: steps planned from 10 timed, re-planned per log point
+        "max_seconds": None,      # a wall-time budget per model instead (steps timed, re-planned at log points)
         "log_every": 25,
         "eval_every": 100,
         "val_patches": 8,
