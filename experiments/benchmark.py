@@ -47,10 +47,10 @@ import numpy as np
 
 from experiments.configs.volumetric import get_config
 from heartjax import conv as conv_lib
-from heartjax.augment import AugmentConfig, augment_batch, identity_config, make_augment
+from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
 from heartjax.errors import HeartjaxError
-from heartjax.train import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
-from heartjax.unet import UNetConfig, count_params
+from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
+from heartjax.model.unet import UNetConfig, count_params
 
 TORCH_HINT = ("--compare-torch needs PyTorch, which heartjax itself does not use. Install the pinned CPU build "
               "into this environment with:\n    pip install -r requirements-bench.txt")

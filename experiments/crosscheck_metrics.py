@@ -11,7 +11,7 @@ Run it from a throwaway environment with PYTHONPATH pointing at the repository, 
 
 Files are paired and loaded exactly as `python -m heartjax.evaluate` does (RAS order, truth spacing in mm).
 Per case and structure it computes, on the same arrays:
-  - heartjax: `heartjax.evaluation.score_case`;
+  - heartjax: `heartjax.eval.scoring.score_case`;
   - MONAI: `DiceMetric(include_background=False, ignore_empty=True)`, `HausdorffDistanceMetric(percentile=95,
     include_background=False)` and `SurfaceDistanceMetric(symmetric=True, include_background=False)`, with
     `spacing` passed,
@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax import evaluate, evaluation, nifti
+from heartjax import evaluate
+from heartjax.eval import scoring as evaluation
+from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
 
 TOLERANCE = {"dice": 1e-4, "hd95": 1e-3, "assd": 1e-3}  # Dice absolute; HD95 and ASSD in mm

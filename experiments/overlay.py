@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax import nifti, workflow
+from heartjax import workflow
+from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
-from heartjax.summary import plot_case_montage
+from heartjax.eval.summary import plot_case_montage
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
-"""PyTorch twin of `heartjax.unet.UNet`, used only by `python -m experiments.benchmark --compare-torch`.
+"""PyTorch twin of `heartjax.model.unet.UNet`, used only by `python -m experiments.benchmark --compare-torch`.
 
 Built from the same `UNetConfig`: the same stages, widths, kernels, strides, norms, activation, upsampling,
 deep-supervision heads and therefore the same parameter count (the benchmark asserts it). The loss is the same
-Dice + CE (per-sample soft Dice without background, deep-supervision weights from heartjax.losses) and the
+Dice + CE (per-sample soft Dice without background, deep-supervision weights from heartjax.model.losses) and the
 optimiser the same SGD-Nesterov or AdamW with gradient-norm clipping. Layout is torch's own NC[D]HW; "SAME"
 padding is written as padding k // 2, which gives the same output shapes (the stride-2 windows sit one voxel
 apart from XLA's, irrelevant for timing). The learning-rate schedule is left out: one scalar per step.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heartjax.losses import deep_supervision_weights
+from heartjax.model.losses import deep_supervision_weights
 
 
 def _conv_cls(dims: int):
@@ -25,7 +25,7 @@ def _conv_cls(dims: int):
 
 
 def _norm(cfg, features: int) -> nn.Module:
-    """The torch norm layer matching heartjax.unet.Norm (affine scale and bias, eps 1e-5)."""
+    """The torch norm layer matching heartjax.model.unet.Norm (affine scale and bias, eps 1e-5)."""
     if cfg.norm == "instance":
         return (nn.InstanceNorm3d if cfg.spatial_dims == 3 else nn.InstanceNorm2d)(features, eps=1e-5, affine=True)
     if cfg.norm == "batch":  # heartjax keeps 0.9 of the old statistics; torch's momentum is the new share
@@ -36,7 +36,7 @@ def _norm(cfg, features: int) -> nn.Module:
 
 
 class ConvBlock(nn.Module):
-    """conv -> norm -> activation (-> dropout while training), as heartjax.unet.ConvBlock."""
+    """conv -> norm -> activation (-> dropout while training), as heartjax.model.unet.ConvBlock."""
 
     def __init__(self, cfg, cin: int, cout: int, kernel, stride=1):
         super().__init__()
@@ -114,7 +114,7 @@ def count_params(model: nn.Module) -> int:
 
 def dice_ce_loss(logits, labels, lambda_dice=1.0, lambda_ce=1.0, include_background=False, batch_dice=False,
                  smooth=1e-5):
-    """heartjax.losses.dice_ce_loss in torch: logits float [B, K, *spatial], labels int64 [B, *spatial]."""
+    """heartjax.model.losses.dice_ce_loss in torch: logits float [B, K, *spatial], labels int64 [B, *spatial]."""
     probs = logits.float().softmax(1)
     onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
     axes = ((0,) if batch_dice else ()) + tuple(range(2, logits.ndim))  # dice: [B, K] or [K]
@@ -126,13 +126,13 @@ def dice_ce_loss(logits, labels, lambda_dice=1.0, lambda_ce=1.0, include_backgro
 
 
 def _downsample_labels(labels, spatial):
-    """Strided nearest selection, as heartjax.losses.downsample_labels."""
+    """Strided nearest selection, as heartjax.model.losses.downsample_labels."""
     idx = (slice(None),) + tuple(slice((s // t) // 2, None, s // t) for s, t in zip(labels.shape[1:], spatial))
     return labels[idx]
 
 
 def deep_supervision_loss(outputs, labels, loss_cfg):
-    """heartjax.losses.deep_supervision_loss of dice_ce_loss with a LossConfig; outputs: logits or a list of
+    """heartjax.model.losses.deep_supervision_loss of dice_ce_loss with a LossConfig; outputs: logits or a list of
     logits, full resolution first; labels int64 [B, *spatial]."""
     kw = dict(lambda_dice=loss_cfg.lambda_dice, lambda_ce=loss_cfg.lambda_ce,
               include_background=loss_cfg.include_background, batch_dice=loss_cfg.batch_dice)

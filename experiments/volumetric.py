@@ -23,14 +23,18 @@ import numpy as np
 from experiments.configs.references import REFERENCES
 from experiments.configs.volumetric import get_config
 from heartjax import config as config_lib
-from heartjax import evaluation, nifti, postprocess, preprocess, workflow
-from heartjax.postprocess import keep_largest_component
-from heartjax.checkpoint import Checkpointer
+from heartjax import workflow
+from heartjax.eval import scoring as evaluation
+from heartjax.data import nifti
+from heartjax.eval import postprocess
+from heartjax.data import preprocess
+from heartjax.eval.postprocess import keep_largest_component
+from heartjax.train.checkpoint import Checkpointer
 from heartjax.errors import HeartjaxError
-from heartjax.metrics import paired_test
-from heartjax.plan import Plan
-from heartjax.summary import SummaryWriter, overlay_contours, plot_case_montage, plot_dice_bars
-from heartjax.train import fit
+from heartjax.eval.metrics import paired_test
+from heartjax.data.plan import Plan
+from heartjax.eval.summary import SummaryWriter, overlay_contours, plot_case_montage, plot_dice_bars
+from heartjax.train.step import fit
 
 
 def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:

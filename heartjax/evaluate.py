@@ -3,8 +3,8 @@
 Predictions and truth files are paired by name: `X.nii.gz` in PRED_DIR pairs with `X.nii.gz` or
 `X_label|_mask|_seg|_gt.nii.gz` in TRUTH_DIR (a prediction may carry those suffixes too; `.nii` works as well).
 Each pair is scored on the truth's grid, in RAS order, with the truth's voxel spacing, by
-`heartjax.evaluation.score_case` (the one implementation of every metric; definitions in `heartjax.metrics` and
-`heartjax.surface`). A pair that cannot be scored (missing partner, different grid, unknown codes, unreadable
+`heartjax.eval.scoring.score_case` (the one implementation of every metric; definitions in `heartjax.eval.metrics` and
+`heartjax.eval.surface`). A pair that cannot be scored (missing partner, different grid, unknown codes, unreadable
 file) is reported and skipped; the others are still scored and written, and the exit code says something failed.
 
 Writes `evaluation.json` ({"scheme", "names", "pred_dir", "truth_dir", "cases", "summary"}, with "cases" the
@@ -30,9 +30,10 @@ from typing import Sequence
 
 import numpy as np
 
-from heartjax import evaluation, nifti
-from heartjax import labels as labels_lib
-from heartjax.datasets import natural_key
+from heartjax.eval import scoring as evaluation
+from heartjax.data import nifti
+from heartjax.data import labels as labels_lib
+from heartjax.data.datasets import natural_key
 from heartjax.errors import HeartjaxError
 
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")

@@ -16,11 +16,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from heartjax import nifti, preprocess, workflow
+from heartjax import workflow
+from heartjax.data import nifti
+from heartjax.data import preprocess
 from heartjax.errors import HeartjaxError
-from heartjax.labels import LabelScheme
-from heartjax.plan import Plan
-from heartjax.postprocess import keep_largest_component
+from heartjax.data.labels import LabelScheme
+from heartjax.data.plan import Plan
+from heartjax.eval.postprocess import keep_largest_component
 
 
 class Model:
@@ -41,7 +43,7 @@ class Model:
         if not ckpt_dir.exists():
             raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} is missing); "
                                 f"choose --model from {sorted(p.name for p in (self.run_dir / 'checkpoints').glob('*'))}")
-        from heartjax.checkpoint import Checkpointer
+        from heartjax.train.checkpoint import Checkpointer
 
         self.trainer = workflow.build_trainer(self.cfg, self.plan, self.kind, self.scheme.num_classes)
         abstract = jax.eval_shape(lambda s: s, self.trainer.state)

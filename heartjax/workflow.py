@@ -17,14 +17,17 @@ import jax
 import numpy as np
 
 from heartjax import conv as conv_lib
-from heartjax import datasets, nifti, plan as plan_lib, preprocess
-from heartjax.augment import AugmentConfig, make_augment
+from heartjax.data import datasets
+from heartjax.data import nifti
+from heartjax.data import plan as plan_lib
+from heartjax.data import preprocess
+from heartjax.model.augment import AugmentConfig, make_augment
 from heartjax.errors import HeartjaxError
-from heartjax.inference import sliding_window_predict, slicewise_predict
-from heartjax.metrics import add_counts, case_metrics, confusion_counts
-from heartjax.sampling import PatchSampler
-from heartjax.train import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
-from heartjax.unet import UNetConfig
+from heartjax.eval.inference import sliding_window_predict, slicewise_predict
+from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
+from heartjax.data.sampling import PatchSampler
+from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
+from heartjax.model.unet import UNetConfig
 
 KINDS = ("2d", "3d")
 
@@ -49,7 +52,7 @@ def resolve_dataset(cfg: dict, log=print) -> datasets.Dataset:
     d = cfg["data"]
     if d["dir"] is not None:
         return datasets.discover(Path(d["dir"]), d["scheme"])
-    from heartjax.phantom import write_phantom
+    from heartjax.data.phantom import write_phantom
 
     folder = phantom_folder(cfg)
     if not (folder / ".complete").exists():

@@ -1,4 +1,4 @@
-"""Tests for heartjax.augment: exact identity, label safety, geometry, determinism, vmap, jit, validation."""
+"""Tests for heartjax.model.augment: exact identity, label safety, geometry, determinism, vmap, jit, validation."""
 
 import dataclasses
 import functools
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heartjax.augment import AugmentConfig, augment_batch, identity_config, make_augment
+from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
 from heartjax.errors import HeartjaxError
 
 INTENSITY = ("noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p", "gamma_inverted_p", "gamma_p")

@@ -87,7 +87,7 @@ def test_reference_rows():
 def test_host_initialised_state_matches_create_train_state():
     import jax
 
-    from heartjax.train import create_train_state
+    from heartjax.train.step import create_train_state
 
     row = benchmark.make_rows(["default"], quick=True)[0]
     tx = benchmark.make_optimizer(row.optim)
@@ -167,8 +167,8 @@ def test_torch_twin_matches_parameters_and_loss():
     import jax.numpy as jnp
 
     from experiments import torch_unet
-    from heartjax import losses
-    from heartjax.train import LossConfig
+    from heartjax.model import losses
+    from heartjax.train.step import LossConfig
 
     rng = np.random.default_rng(0)
     for row in benchmark.make_rows(["ref", "default"], quick=True):

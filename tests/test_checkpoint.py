@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from heartjax import checkpoint as ckpt
-from heartjax.checkpoint import Checkpointer
+from heartjax.train import checkpoint as ckpt
+from heartjax.train.checkpoint import Checkpointer
 from heartjax.errors import HeartjaxError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ _SAVER = textwrap.dedent(
     import sys
     import jax.numpy as jnp
     import numpy as np
-    from heartjax.checkpoint import Checkpointer
+    from heartjax.train.checkpoint import Checkpointer
 
     c = Checkpointer(sys.argv[1])
     step = 0

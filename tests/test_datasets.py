@@ -7,10 +7,10 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax import datasets
-from heartjax.datasets import Case
+from heartjax.data import datasets
+from heartjax.data.datasets import Case
 from heartjax.errors import HeartjaxError
-from heartjax.labels import ACDC, MMWHS, LabelScheme
+from heartjax.data.labels import ACDC, MMWHS, LabelScheme
 
 
 def put(path, codes=(0, 1), shape=(3, 3, 2)):

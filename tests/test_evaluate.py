@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heartjax import evaluate, evaluation, labels, nifti
+from heartjax import evaluate
+from heartjax.eval import scoring as evaluation
+from heartjax.data import labels
+from heartjax.data import nifti
 
 SPACING_RAS = (0.7, 1.3, 2.5)  # distinct per axis, so a spacing in the wrong axis order changes HD95 and ASSD
 SPACING_STORED = tuple(float(np.float32(s)) for s in SPACING_RAS)  # what the float32 header holds

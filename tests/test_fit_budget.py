@@ -1,11 +1,11 @@
-"""The wall-time budget of `heartjax.train.fit` (train.max_seconds): the plan follows the steps' real speed."""
+"""The wall-time budget of `heartjax.train.step.fit` (train.max_seconds): the plan follows the steps' real speed."""
 
 import time
 
 import jax.numpy as jnp
 import numpy as np
 
-from heartjax import train
+from heartjax.train import step as train
 
 
 class _Sampler:

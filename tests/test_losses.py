@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from heartjax import losses
+from heartjax.model import losses
 
 
 def onehot_logits(labels, k, scale=50.0):

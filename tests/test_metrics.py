@@ -1,4 +1,4 @@
-"""Tests for heartjax.metrics and heartjax.surface: golden hand-computed tables and brute-force references."""
+"""Tests for heartjax.eval.metrics and heartjax.eval.surface: golden hand-computed tables and brute-force references."""
 
 import functools
 import math
@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage, stats
 
 from heartjax.errors import HeartjaxError
-from heartjax.metrics import add_counts, case_metrics, confusion_counts, paired_test, summarize
-from heartjax.surface import directed_distances, mask_edges, surface_metrics
+from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts, paired_test, summarize
+from heartjax.eval.surface import directed_distances, mask_edges, surface_metrics
 
 # ---------------------------------------------------------------------------------------------------------------
 # Golden table. Row-major voxels of the 3 x 4 map below (t = target, p = pred):

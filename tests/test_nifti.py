@@ -9,9 +9,9 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax import nifti
+from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
-from heartjax.labels import ACDC, MMWHS
+from heartjax.data.labels import ACDC, MMWHS
 
 CT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest-sample"
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heartjax import phantom
+from heartjax.data import phantom
 from heartjax.errors import HeartjaxError
-from heartjax.labels import MMWHS
+from heartjax.data.labels import MMWHS
 
 COARSE = (3.0, 3.0, 3.0)
 SEEDS = range(6)

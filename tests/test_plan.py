@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from heartjax.errors import HeartjaxError
-from heartjax.plan import Fingerprint, Plan, make_plan, stage_layout, target_spacing_from
+from heartjax.data.plan import Fingerprint, Plan, make_plan, stage_layout, target_spacing_from
 
 
 def fp(spacings, shapes, modality="ct"):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax import preprocess
-from heartjax.plan import Fingerprint, make_plan
+from heartjax.data import preprocess
+from heartjax.data.plan import Fingerprint, make_plan
 
 
 @dataclasses.dataclass

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from heartjax.inference import gaussian_importance, slicewise_predict, sliding_window_predict, tile_starts
-from heartjax.preprocess import Preprocessed
-from heartjax.sampling import PatchSampler, Prefetcher
+from heartjax.eval.inference import gaussian_importance, slicewise_predict, sliding_window_predict, tile_starts
+from heartjax.data.preprocess import Preprocessed
+from heartjax.data.sampling import PatchSampler, Prefetcher
 
 
 def case(shape=(20, 18, 6), seed=0):

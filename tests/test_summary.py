@@ -8,7 +8,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from heartjax.summary import (CLASS_COLORS, SummaryWriter, orthogonal_slices, overlay_contours, plot_case_montage,
+from heartjax.eval.summary import (CLASS_COLORS, SummaryWriter, orthogonal_slices, overlay_contours, plot_case_montage,
                               plot_dice_bars)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

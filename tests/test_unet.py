@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartjax import losses
+from heartjax.model import losses
 from heartjax.errors import HeartjaxError
-from heartjax.train import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
-from heartjax.unet import UNet, UNetConfig, count_params, group_norm, init_model
+from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
+from heartjax.model.unet import UNet, UNetConfig, count_params, group_norm, init_model
 
 
 def tiny(dims, **kw):
@@ -189,7 +189,7 @@ def test_deep_supervision_loss_weights():
 
 
 def test_learning_rate_schedules():
-    from heartjax.train import learning_rate
+    from heartjax.train.step import learning_rate
     sgd = OptimConfig(name="sgd", lr=0.01, warmup_steps=0)
     assert float(learning_rate(sgd, 0, 100)) == pytest.approx(0.01)
     assert float(learning_rate(sgd, 50, 100)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)

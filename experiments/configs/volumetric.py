@@ -15,7 +15,7 @@ import copy
 BASE = {
     "seed": 0,
     "data": {
-        "dir": None,              # None: the built-in phantom; else any layout heartjax.datasets knows
+        "dir": None,              # None: the built-in phantom; else any layout heartjax.data.datasets knows
         "scheme": None,           # label scheme (mmwhs | acdc | genericK); None: from the layout
         "phantom_cases": 20,
         "phantom_modality": "ct",
@@ -64,7 +64,7 @@ BASE = {
         "clip_norm": 12.0,
     },
     "loss": {"lambda_dice": 1.0, "lambda_ce": 1.0, "batch_dice": False, "include_background": False},
-    "augment": {                  # heartjax.augment.AugmentConfig; nnU-Net's list, milder spatial ranges, no mirroring
+    "augment": {                  # heartjax.model.augment.AugmentConfig; nnU-Net's list, milder spatial ranges, no mirroring
         "rotation_p": 0.2, "rotation_deg": [-15.0, 15.0], "rotation_axes": None,
         "scale_p": 0.2, "scale_range": [0.85, 1.15],
         "elastic_p": 0.0, "elastic_magnitude": [1.0, 4.0], "elastic_sigma": 12.0, "border_mode": "min",

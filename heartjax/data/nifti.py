@@ -20,7 +20,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from heartjax import labels as labels_lib
+from heartjax.data import labels as labels_lib
 from heartjax.errors import HeartjaxError
 
 AFFINE_TOL_MM = 1e-3  # image and label grids may differ by this much (float32 header rounding) and still pair

@@ -19,7 +19,7 @@ from heartjax.errors import HeartjaxError
 class PatchSampler:
     """Draws training batches of 3D patches (spatial_dims=3) or 2D slices (spatial_dims=2).
 
-    cases: heartjax.preprocess.Preprocessed with labels. 2D slices are cut along `slice_axis` (the plan's
+    cases: heartjax.data.preprocess.Preprocessed with labels. 2D slices are cut along `slice_axis` (the plan's
     coarsest axis) and cropped/padded in-plane to `patch`. A share `fg_fraction` of each batch (the last samples,
     as nnU-Net does) is centred on a voxel of a random structure present in the case.
     `batch(step)` returns (images float32 [B, *patch, 1], labels uint8 [B, *patch]).

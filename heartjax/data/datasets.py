@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from heartjax import labels as labels_lib
-from heartjax import nifti
+from heartjax.data import labels as labels_lib
+from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
 
 LABEL_SUFFIXES = ("", "_label", "_mask", "_seg", "_gt")

@@ -1,7 +1,7 @@
 """Scoring whole volumes and reporting: one implementation used by the experiments and `heartjax.evaluate`.
 
 A case is scored on its original grid (RAS order): Dice, IoU, accuracy and foreground accuracy from integer
-counts, whole-heart Dice, HD95 and ASSD in mm (see heartjax.metrics and heartjax.surface for the definitions).
+counts, whole-heart Dice, HD95 and ASSD in mm (see heartjax.eval.metrics and heartjax.eval.surface for the definitions).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from heartjax import metrics
-from heartjax.surface import surface_metrics
+from heartjax.eval import metrics
+from heartjax.eval.surface import surface_metrics
 
 _counts = jax.jit(metrics.confusion_counts, static_argnums=2)
 

@@ -173,7 +173,7 @@ class Field:
 AIR, FAT, MUSCLE, LUNG, CORTEX, MARROW, RIB, CSF, LIVER, ABDOMEN, MYO, WALL, BLOOD_L, BLOOD_R, IVC, SVC = range(16)
 TISSUES = ("air", "fat", "muscle", "lung", "cortex", "marrow", "rib", "csf", "liver", "abdomen", "myocardium",
            "vessel_wall", "blood_left", "blood_right", "ivc", "svc")
-# label indices (heartjax.labels.MMWHS order: MYO, LA, LV, RA, RV, AO, PA)
+# label indices (heartjax.data.labels.MMWHS order: MYO, LA, LV, RA, RV, AO, PA)
 L_MYO, L_LA, L_LV, L_RA, L_RV, L_AO, L_PA = range(1, 8)
 
 _D0 = unit((-1.0, 1.0, -np.sqrt(2) * np.tan(np.deg2rad(35.0))))  # base -> apex: left, anterior, 35 deg down

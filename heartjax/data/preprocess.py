@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from heartjax.errors import HeartjaxError
-from heartjax.plan import Plan
+from heartjax.data.plan import Plan
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequenc
 
 
 def preprocess_volume(volume, plan: Plan, num_classes: int) -> Preprocessed:
-    """Crop, resample and normalise one heartjax.nifti.Volume (label optional)."""
+    """Crop, resample and normalise one heartjax.data.nifti.Volume (label optional)."""
     box = body_box(volume.image, plan.modality, volume.spacing, plan.crop_margin_mm)
     sl = tuple(slice(lo, hi) for lo, hi in box)
     image = volume.image[sl]
@@ -161,7 +161,7 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 
 def preprocess_cases(cases: Sequence, plan: Plan, scheme, cache_dir: str | Path | None, load_fn, with_labels=True) -> dict:
-    """Preprocess dataset cases (heartjax.datasets.Case), reusing the on-disk cache keyed by plan and sources.
+    """Preprocess dataset cases (heartjax.data.datasets.Case), reusing the on-disk cache keyed by plan and sources.
 
     `load_fn(case) -> Volume` loads a case. Returns {case_id: Preprocessed}.
     """

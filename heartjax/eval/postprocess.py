@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from heartjax import evaluation
+from heartjax.eval import scoring as evaluation
 
 
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:

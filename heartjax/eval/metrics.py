@@ -14,7 +14,7 @@ Policy (DESIGN.md "Metrics policy", nnU-Net `evaluate_predictions.py`, MONAI `Di
   (target > 0) whose prediction is exactly their label (per-voxel recall of the structures).
 - Means over structures exclude background. Across cases: mean, sample SD (ddof=1), median and n, NaN skipped.
 
-Surface metrics (HD95, ASSD in mm) live in `heartjax.surface` and are re-exported here.
+Surface metrics (HD95, ASSD in mm) live in `heartjax.eval.surface` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 from heartjax.errors import HeartjaxError
-from heartjax.surface import surface_metrics
+from heartjax.eval.surface import surface_metrics
 
 __all__ = ["confusion_counts", "add_counts", "case_metrics", "surface_metrics", "summarize", "paired_test"]
 

@@ -20,10 +20,10 @@ import optax
 from flax import nnx
 
 from heartjax import conv as conv_lib
-from heartjax import losses
-from heartjax.augment import augment_batch
+from heartjax.model import losses
+from heartjax.model.augment import augment_batch
 from heartjax.errors import HeartjaxError
-from heartjax.unet import UNet, UNetConfig
+from heartjax.model.unet import UNet, UNetConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Dice + CE weights and Dice options (see heartjax.losses)."""
+    """Dice + CE weights and Dice options (see heartjax.model.losses)."""
 
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
@@ -172,7 +172,7 @@ def fit(state, train_step, sampler, key, *, start_step: int, num_steps: int, log
     come out faster than the steady state, whose host sampling shares the cores. `num_steps` stays the upper
     bound; evaluation and checkpointing are not training time.
     """
-    from heartjax.sampling import Prefetcher  # local: keeps train importable without the data layer
+    from heartjax.data.sampling import Prefetcher  # local: keeps train importable without the data layer
 
     meta = dict(meta or {})
     seconds = float(meta.get("train_seconds", 0.0))

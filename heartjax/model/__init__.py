@@ -1,0 +1,1 @@
+"""Model pieces (pure, jittable): the U-Net, its losses, on-device augmentation."""
