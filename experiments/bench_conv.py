@@ -2,11 +2,13 @@
 
     python -m experiments.bench_conv [--repeats N] [--json FILE] [--sections layers,chain,2d,upsample] [--quick]
 
-Variants: every conv impl ("xla", "planes"), and each once more compiled with heartjax.conv.cpu_compiler_options()
-("+eigen": XLA:CPU keeps convolutions off YNNPACK and gives it only reductions). Rows: (a) single 3x3x3 layers at the reference U-Net's sizes,
-(b) a chain with the reference U-Net's conv work (features 16-32-64-128, stride-2 convs down, 1x1 conv +
-nearest upsampling + skip concat up, ReLU, no norm; batch 2 x 64^3, 8 classes), (c) 2D layers at batch 32,
-(d) nearest upsampling x2 of 2 x 32^3 x 32: heartjax.conv.upsample vs jnp.repeat vs jax.image.resize.
+Variants: every conv impl of --impls ("xla", "planes"; also "planes-plain", "planes" without materialised
+gradient inputs, for A/B timings: heartjax.conv.BENCH_IMPLS), and each once more compiled with
+heartjax.conv.compiler_options() ("+eigen": XLA:CPU keeps convolutions off YNNPACK and gives it only
+reductions). Rows: (a) single 3x3x3 layers at the reference U-Net's sizes, (b) a chain with the reference
+U-Net's conv work (features 16-32-64-128, stride-2 convs down, 1x1 conv + nearest upsampling + skip concat up,
+ReLU, no norm; batch 2 x 64^3, 8 classes), (c) 2D layers at batch 32, (d) nearest upsampling x2 of
+2 x 32^3 x 32: heartjax.conv.upsample vs jnp.repeat vs jax.image.resize.
 Per row and variant: forward and forward+backward (layers: gradients w.r.t. input and kernel; chain: w.r.t.
 the weights, as in training), median / min / max of --repeats calls after a warm-up, each ended by
 block_until_ready, variants alternating within a repeat. GFLOP/s use the analytic count (2 * outputs * k^d *
@@ -18,7 +20,6 @@ with their spread, and the min as the least disturbed call.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heartjax import conv as conv_lib
+from heartjax.atomic import write_json
 
 # (batch, input size, C_in, C_out[, stride])
 REF_LAYERS = [(2, 64, 1, 16), (2, 64, 16, 16), (2, 64, 16, 32, 2), (2, 32, 32, 32), (2, 16, 64, 64), (2, 8, 128, 128)]
@@ -59,7 +61,7 @@ def matmul_peak(n: int, repeats: int) -> dict:
 
 def variants(impls) -> list[tuple[str, str, dict]]:
     """(label, impl, compiler_options) for each impl, plain and with YNNPACK convolutions off."""
-    extra = conv_lib.cpu_compiler_options()
+    extra = conv_lib.compiler_options()
     out = [(i, i, {}) for i in impls]
     return out + ([(f"{i}+eigen", i, extra) for i in impls] if extra else [])
 
@@ -222,11 +224,16 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--sections", default="layers,chain,2d,upsample",
                    help="comma list of layers, chain, 2d, upsample")
-    p.add_argument("--impls", default="xla,planes", help="comma list of heartjax.conv impls")
+    p.add_argument("--impls", default="xla,planes",
+                   help="comma list of heartjax.conv impls (IMPLS, or BENCH_IMPLS for A/B variants)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers mean nothing)")
     args = p.parse_args(argv)
     sections = args.sections.split(",")
-    vs = variants([conv_lib._check_impl(i) for i in args.impls.split(",")])
+    impls = args.impls.split(",")
+    bad = [i for i in impls if i not in conv_lib.IMPLS + conv_lib.BENCH_IMPLS]
+    if bad:
+        p.error(f"--impls: unknown {', '.join(bad)}; choose from {', '.join(conv_lib.IMPLS + conv_lib.BENCH_IMPLS)}")
+    vs = variants(impls)
     n_peak = 256 if args.quick else 4096
     peak0 = matmul_peak(n_peak, args.repeats)
     rows = []
@@ -251,10 +258,7 @@ def main(argv=None) -> dict:
            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "repeats": args.repeats,
            "matmul_peak": {"n": n_peak, "before": peak0, "after": peak1, "gflops": peak}, "results": results}
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, out, indent=1)
     return out
 
 

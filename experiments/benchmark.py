@@ -22,34 +22,33 @@ per decoder upsampling (1x1 conv + repeat, or a transposed conv); the float32 + 
 On a GPU: `python -m experiments.benchmark --dtypes float32,bfloat16 --upsamples resize,transpose --json F`.
 
 Rows: `*_ref` is a fixed reference network (features 16-32-64-128, instance norm, ReLU, no deep supervision,
-SGD); `*_default` follows experiments/configs/volumetric.py's default preset (widths, depth, batch, patch).
+SGD); `*_default` follows the default preset (heartjax.experiment.config("default"): widths, depth, batch,
+patch). Every network's model.conv_impl is --conv-impl (default: the preset's).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import functools
 import gc
-import json
 import math
 import os
-import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
-from experiments.configs.volumetric import get_config
-from heartjax import conv as conv_lib
+from experiments.bench_common import (compile_all, flops_of, fmt_ms, format_table, graphdef_of, init_train_state,
+                                      loadavg, machine_info, matmul_peak, timed)
+from heartjax import config as config_lib
+from heartjax import experiment
+from heartjax.atomic import write_json
 from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
 from heartjax.errors import HeartjaxError
-from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
+from heartjax.train.step import LossConfig, OptimConfig, make_optimizer, make_predict_fn, make_train_step
 from heartjax.model.unet import UNetConfig, count_params
 
 TORCH_HINT = ("--compare-torch needs PyTorch, which heartjax itself does not use. Install the pinned CPU build "
@@ -91,21 +90,22 @@ def variant_rows(rows: list[Row], dtypes=("float32",), upsamples=("resize",)) ->
     return out
 
 
-def make_rows(sizes, quick: bool = False) -> list[Row]:
+def make_rows(sizes, quick: bool = False, conv_impl: str | None = None) -> list[Row]:
     """The rows of the requested size groups ("ref", "default").
 
     `quick` (a smoke test, compile-bound) shrinks every network to depth 1 and width 4-8, every batch to
     1-2 small patches, and the augmentation to noise + mirroring, which compile in a fraction of the time.
+    `conv_impl` (heartjax.conv.IMPLS) is every network's model.conv_impl; None: the default preset's.
     """
-    cfg = get_config("default")
-    aug, rows = AugmentConfig(**cfg["augment"]), []
+    cfg = experiment.config("default")
+    aug, rows = cfg.augment, []
     tiny = dict(features=4, max_features=8, depth=1) if quick else {}
     if quick:
         aug = dataclasses.replace(identity_config(), noise_p=0.1, mirror_p=0.5)
     if "ref" in sizes:
         ref = UNetConfig(spatial_dims=3, in_channels=1, num_classes=NUM_CLASSES, features=16, depth=3, growth=2,
                          max_features=128, norm="instance", activation="relu", upsample="resize",
-                         deep_supervision=False)
+                         deep_supervision=False, conv_impl=conv_impl or cfg.model.conv_impl)
         ref = dataclasses.replace(ref, **tiny)
         sgd = OptimConfig(name="sgd", lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5, clip_norm=12.0)
         shapes = ({3: (1, (16,) * 3, 1, (16,) * 3), 2: (2, (32, 32), 2, (32, 32))} if quick else
@@ -116,13 +116,13 @@ def make_rows(sizes, quick: bool = False) -> list[Row]:
             rows.append(Row(f"forward{dims}d_ref", "forward", model, fb, fp, sgd, LossConfig(), aug,
                             "a sliding-window tile" if dims == 3 else ""))
     if "default" in sizes:
-        plan = cfg["plan"]
+        plan = cfg.plan
         for dims in (3, 2):
             kind = f"{dims}d"
-            m = {**cfg["model"], **cfg[f"model_{kind}"]}
-            m.pop("conv_impl", None)
-            model = UNetConfig(spatial_dims=dims, in_channels=1, num_classes=NUM_CLASSES, depth=plan["depth"], **m)
-            patch, batch = plan[f"patch_{kind}"], plan[f"batch_{kind}"]
+            m = config_lib.unet_settings(cfg, kind)  # with the kind's model.conv_impl
+            m["conv_impl"] = conv_impl or m["conv_impl"]
+            model = UNetConfig(spatial_dims=dims, in_channels=1, num_classes=NUM_CLASSES, depth=plan.depth, **m)
+            patch, batch = getattr(plan, f"patch_{kind}"), getattr(plan, f"batch_{kind}")
             notes = ["isotropic strides (the data's plan may make them anisotropic)"]
             if patch is None:
                 patch = FALLBACK_PATCH[dims]
@@ -130,79 +130,22 @@ def make_rows(sizes, quick: bool = False) -> list[Row]:
             if quick:
                 model, patch, batch = dataclasses.replace(model, **tiny), (16,) * 3 if dims == 3 else (32, 32), 2
                 notes = ["--quick: shrunken"]
-            rows.append(Row(f"train{kind}_default", "train", model, batch, tuple(patch), OptimConfig(**cfg["optim"]),
-                            LossConfig(**cfg["loss"]), aug, "; ".join(notes)))
+            rows.append(Row(f"train{kind}_default", "train", model, batch, tuple(patch), cfg.optim, cfg.loss, aug,
+                            "; ".join(notes)))
     return rows
-
-
-def flops_of(compiled) -> float:
-    """FLOPs of a compiled (or lowered) function from XLA's cost analysis (a dict, or a list of dicts)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan")))
 
 
 def model_flops(build) -> float:
     """The network's own FLOPs (as in model FLOP utilisation): XLA's cost analysis of the lowered function
-    that `build()` returns as (jitted, args), traced with every convolution as ONE lax.conv_general_dilated.
+    that `build(conv_impl)` returns as (jitted, args), called with "xla": every convolution traced as ONE
+    lax.conv_general_dilated.
 
-    `build` must make a new jitted function (jit caches traces per function, and the conv impl is not part
-    of its key). The CPU formulation executes more (the zero planes of the strided convs' X-phase split,
-    the 2D strided input gradients' space-to-depth: train3d_ref 165.4 vs 158.1 GFLOP); the executed count is
-    reported as `gflop_executed`, rates use the model count.
+    The CPU formulation executes more (the zero planes of the strided convs' X-phase split, the 2D strided
+    input gradients' space-to-depth); the executed count is reported as `gflop_executed`, rates use the
+    model count.
     """
-    prev = conv_lib.get_default_impl()
-    conv_lib.set_default_impl("xla")
-    try:
-        fn, args = build()
-        return flops_of(fn.lower(*args))
-    finally:
-        conv_lib.set_default_impl(prev)
-
-
-def compile_all(jobs: dict, parallel: bool = False) -> dict:
-    """AOT-compile {name: (jitted, args)}: {name: (compiled, seconds, flops)}, seconds = trace + lower + compile.
-
-    `parallel` compiles in threads (XLA releases the GIL), which nearly halves the compile-bound --quick run
-    on two cores; the seconds then include the contention, so the full run compiles one at a time.
-    """
-    lowered = {}
-    for name, (jitted, args) in jobs.items():
-        t0 = time.perf_counter()
-        lowered[name] = (jitted.lower(*args), time.perf_counter() - t0)
-
-    def finish(name):
-        low, seconds = lowered[name]
-        t0 = time.perf_counter()
-        compiled = low.compile()
-        return name, (compiled, seconds + time.perf_counter() - t0, flops_of(compiled))
-
-    if not parallel:
-        return dict(map(finish, lowered))
-    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-        return dict(pool.map(finish, lowered))
-
-
-def init_train_state(model_cfg: UNetConfig, tx, seed: int, total_steps: int = 1000):
-    """`create_train_state`'s (graphdef, state) with the parameters drawn on the host (He-normal kernels, unit
-    scales, zero biases): eager initialisation compiles one small random program per kernel shape, which took
-    longer than the quick benchmark itself on a 2-core CPU. The values do not change the timings."""
-    make = functools.partial(create_train_state, model_cfg, tx, seed, total_steps)
-    graphdef, shapes = jax.eval_shape(make)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = next((p.key for p in reversed(path) if isinstance(p, jax.tree_util.DictKey)), None)
-        if name == "kernel":
-            return rng.standard_normal(leaf.shape, np.float32) * np.float32(np.sqrt(2.0 / math.prod(leaf.shape[:-1])))
-        return (np.ones if name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
-
-    params = jax.device_put(jax.tree_util.tree_map_with_path(fill, shapes["params"]))
-    rest = jax.device_put(jax.tree_util.tree_map_with_path(fill, shapes["rest"]))
-    # The other entries (step counter, schedule length, ...) from the real function; jit drops the unused init.
-    others = jax.jit(lambda: {k: v for k, v in make()[1].items() if k not in ("params", "rest", "opt")})()
-    return graphdef, {**others, "params": params, "rest": rest, "opt": jax.jit(tx.init)(params)}
+    fn, args = build("xla")
+    return flops_of(fn.lower(*args))
 
 
 class JaxRow:
@@ -225,11 +168,14 @@ class JaxRow:
             jobs = {"main": (plain, (self.state, batch, self.key)), "aug": (with_aug, (self.state, batch, self.key)),
                     "augment": (jax.jit(functools.partial(augment_batch, augment_fn)),
                                 (self.key, self.images, labels32))}
-        if row.mode == "forward":
-            self.model_flops = model_flops(lambda: (make_predict_fn(graphdef), (self.state, self.images)))
-        else:
-            self.model_flops = model_flops(lambda: (make_train_step(graphdef, tx, None, row.loss, row.optim),
-                                                    (self.state, batch, self.key)))
+
+        def build(impl):  # the same network and state with another conv implementation
+            g = graphdef_of(dataclasses.replace(row.model, conv_impl=impl), tx)
+            if row.mode == "forward":
+                return make_predict_fn(g), (self.state, self.images)
+            return make_train_step(g, tx, None, row.loss, row.optim), (self.state, batch, self.key)
+
+        self.model_flops = model_flops(build)
         done = compile_all(jobs, parallel)
         fns = {name: c[0] for name, c in done.items()}
         self.compile_s, self.flops = {name: c[1] for name, c in done.items()}, done["main"][2]
@@ -244,46 +190,6 @@ class JaxRow:
         """One train step; the donated state is replaced by the new one."""
         self.state, metrics = step(self.state, batch, self.key)
         return self.state, metrics
-
-
-def timed(fn) -> float:
-    """Wall seconds of one call, waiting for every output array."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t0
-
-
-def matmul_peak(n: int, repeats: int, dtype: str = "float32") -> dict:
-    """Median GFLOP/s of a jitted n x n matrix product in `dtype` (default precision, as the network's convs)."""
-    ka, kb = jax.random.split(jax.random.key(1))
-    a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype) for k in (ka, kb))
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
-    rates = [2 * n**3 / timed(lambda: dot(a, b)) / 1e9 for _ in range(repeats)]
-    return {"n": n, "gflops": statistics.median(rates), "min_gflops": min(rates), "max_gflops": max(rates)}
-
-
-def _loadavg():
-    """1-minute load average, or None where the platform has none."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def machine_info(conv_impl: str) -> dict:
-    """CPU model, cores, versions, JAX backend and device; load average at the start."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    resolve = getattr(conv_lib, "resolve_impl", None)  # what "auto" means on this backend, per spatial_dims
-    resolved = {f"{d}d": resolve(conv_impl, d) for d in (2, 3)} if resolve else None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "python": platform.python_version(),
-            "platform": platform.platform(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "device_count": jax.device_count(), "conv_impl": conv_impl, "conv_impl_resolved": resolved,
-            "xla_flags": os.environ.get("XLA_FLAGS"), "loadavg_start": _loadavg()}
 
 
 def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, parallel: bool = False) -> dict:
@@ -335,50 +241,6 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
     return out
 
 
-def _ms(s) -> str:
-    """Seconds as milliseconds for the table ("-" for None)."""
-    return "-" if s is None else f"{1e3 * s:.0f}" if s >= 0.1 else f"{1e3 * s:.1f}"
-
-
-def format_table(report: dict) -> str:
-    """The rows as a fixed-width text table, then the augmentation timings and notes of the train rows."""
-    def spread(r, side):
-        s = [_ms(r[f"{side}{k}"]) for k in ("_s", "_min_s", "_max_s")]
-        return f"{s[0]} ({s[1]}-{s[2]})" if r[f"{side}_s"] is not None else "-"
-
-    def num(x, fmt):
-        return "-" if x is None else format(x, fmt)
-
-    w = max([16] + [len(r["name"]) for r in report["rows"]])
-    head = (f"{'row':<{w}} {'shape':<14} {'jax ms (min-max)':<22} {'torch ms (min-max)':<22} {'ratio':>6} {'GFLOP':>8} "
-            f"{'jax GF/s':>9} {'%peak':>6} {'torch GF/s':>10} {'Mvox/s':>7} {'compile s':>9} {'aug %':>6}")
-    lines = [head, "-" * len(head)]
-    for r in report["rows"]:
-        shape = f"{r['batch']}x{'x'.join(map(str, r['patch']))}"
-        lines.append(f"{r['name']:<{w}} {shape:<14} {spread(r, 'jax'):<22} {spread(r, 'torch'):<22} "
-                     f"{num(r['ratio'], '.2f'):>6} {r['gflop']:>8.2f} {r['jax_gflops']:>9.1f} "
-                     f"{100 * r['jax_peak_share']:>6.1f} {num(r['torch_gflops'], '.1f'):>10} "
-                     f"{r['jax_voxels_per_s'] / 1e6:>7.3f} {r['jax_compile_s']:>9.1f} "
-                     f"{num(r.get('augment_share') and 100 * r['augment_share'], '.0f'):>6}")
-    bf16 = report.get("peak_matmul_gflops_bf16")
-    lines.append(f"peak float32 matmul {report['peak_matmul_gflops']:.1f} GFLOP/s"
-                 + (f", bfloat16 {bf16:.1f} GFLOP/s (the .bf16 rows' %peak)" if bf16 else "")
-                 + ". Train rows: jax ms = step without augmentation; aug % = augment_batch alone / step with "
-                   "augmentation.")
-    lines += [f"  {r['name']}: step with augmentation {_ms(r['jax_aug_s'])} ms, augment_batch alone "
-              f"{_ms(r['augment_s'])} ms" + (f"; {r['note']}" if r["note"] else "")
-              for r in report["rows"] if r["mode"] == "train"]
-    return "\n".join(lines)
-
-
-def write_json(path: str, report: dict) -> None:
-    """Write the report through a temporary name, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
-
-
 def parse_args(argv):
     """The command line, validated (argparse exits 2 on a bad value)."""
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n\n")[0])
@@ -387,7 +249,8 @@ def parse_args(argv):
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--compare-torch", action="store_true", help="time the same network in PyTorch, alternating")
     p.add_argument("--conv-impl", default=None, metavar="NAME",
-                   help="heartjax.conv implementation (default: the default preset's model.conv_impl). XLA options "
+                   help="model.conv_impl of every network, one of heartjax.conv.IMPLS (default: the default "
+                        "preset's). XLA options "
                         "apply through the XLA_FLAGS environment variable and are recorded in the report")
     p.add_argument("--dtypes", default="float32",
                    help="comma list of compute dtypes: float32, bfloat16 (bfloat16 rows get '.bf16' appended, are "
@@ -420,9 +283,9 @@ def main(argv=None) -> int:
             return 2
         torch.set_num_threads(os.cpu_count())
         torch_device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    impl = args.conv_impl or get_config("default")["model"]["conv_impl"]
+    impl = args.conv_impl or experiment.config("default").model.conv_impl
     try:
-        conv_lib.set_default_impl(impl)
+        UNetConfig(conv_impl=impl).validate()
     except HeartjaxError as e:
         print(f"error: --conv-impl: {e}", file=sys.stderr)
         return 2
@@ -440,12 +303,12 @@ def main(argv=None) -> int:
     if bf16:
         print(f"bfloat16 matmul {n}^2: {start_bf16['gflops']:.1f} GFLOP/s", flush=True)
     rows = []
-    for row in variant_rows(make_rows(args.sizes, args.quick), args.dtypes, args.upsamples):
+    for row in variant_rows(make_rows(args.sizes, args.quick, impl), args.dtypes, args.upsamples):
         rows.append(run_row(row, args.repeats, torch_device, parallel=args.quick))
         r = rows[-1]
-        print(f"  {r['name']}: jax {_ms(r['jax_s'])} ms" + (f", torch {_ms(r['torch_s'])} ms"
+        print(f"  {r['name']}: jax {fmt_ms(r['jax_s'])} ms" + (f", torch {fmt_ms(r['torch_s'])} ms"
               if r["torch_s"] else ""), flush=True)
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = loadavg()
     # Measured before and after the rows: on a shared machine the better median is the closer to the peak.
     end = matmul_peak(n, max(args.repeats, 3))
     peak = max(start["gflops"], end["gflops"])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax import workflow
+from heartjax import experiment
+from heartjax.data import cases
 from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
 from heartjax.eval.summary import plot_case_montage
@@ -29,9 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     try:
-        cfg = json.loads((args.run_dir / "config.json").read_text())
+        cfg = experiment.load_config(args.run_dir)
         results = json.loads((args.run_dir / "results.json").read_text())
-    except OSError as e:
+    except (OSError, HeartjaxError) as e:
         print(f"error: {args.run_dir} is not a finished run ({e})", file=sys.stderr)
         return 2
     kinds = list(results["models"])
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
         scores = np.array([c["mean_dice"] if c["mean_dice"] is not None else np.nan for c in per_case])
         case = per_case[int(np.nanargmin(np.abs(scores - np.nanmedian(scores))))]["case"]
     try:
-        ds = workflow.resolve_dataset(cfg)
-        vol = workflow.load_case(ds, case)
+        ds = cases.resolve_dataset(cfg.data)
+        vol = cases.CaseStore(ds).volume(case)
         preds = {}
         for kind in kinds:
             mean = next(c["mean_dice"] for c in results["models"][kind]["per_case"] if c["case"] == case)

@@ -10,24 +10,28 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
-def _tmp_name(path: Path) -> Path:
-    """A hidden temporary name beside `path`, unique per process and call."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    """A hidden temporary name beside `path`, unique per process and call, ending in `.tmp` + `suffix`.
+
+    A fresh name rather than mkstemp/mkdtemp, whose 0600/0700 modes would survive the rename.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
 
 
-def write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
+def write_with(path: str | os.PathLike, writer: Callable[[Path], Any], suffix: str = "") -> Path:
     """Call `writer(tmp_path)` to write the file, then rename it to `path`; on any error nothing is left behind.
 
-    The parent folder must exist. Returns `path` as a Path.
+    The parent folder must exist. The temporary name ends in `suffix`, for writers that pick the format from the
+    name or append an extension to names without it (`suffix=".npz"` for np.savez, ".nii.gz" for nibabel.save).
+    Returns `path` as a Path.
     """
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = _tmp_name(path, suffix)
     try:
         writer(tmp)
         os.replace(tmp, path)
@@ -47,8 +51,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: Any, **kwargs) -> Path:
-    """Write JSON (indent 2, trailing newline) atomically; the value is serialised before anything is written."""
-    text = json.dumps(data, indent=2, **kwargs) + "\n"
+    """Write JSON (with a trailing newline) atomically; the value is serialised before anything is written.
+
+    `kwargs` go to json.dumps (indent defaults to 2), e.g. `indent=1, allow_nan=False`.
+    """
+    kwargs.setdefault("indent", 2)
+    text = json.dumps(data, **kwargs) + "\n"
     return write_text(path, text)
 
 
@@ -56,23 +64,35 @@ def write_json(path: str | os.PathLike, data: Any, **kwargs) -> Path:
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to `path` when the block ends without an error.
 
-    Yields the temporary folder. With `overwrite`, an existing `path` is replaced; otherwise it must not exist
-    (FileExistsError). On an error the temporary folder is removed and `path` is left as it was.
+    Yields the temporary folder (hidden, beside `path`). With `overwrite`, an existing `path` is replaced;
+    otherwise it must not exist (FileExistsError, raised before the block runs and again at the rename). On an
+    error the temporary folder is removed and `path` is left as it was.
     """
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _tmp_name(path)
+    tmp.mkdir()
     try:
         yield tmp
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists")
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = _tmp_name(path, ".old")
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree or a file (best effort)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -19,26 +19,24 @@ import concurrent.futures
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import sys
-import uuid
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from heartjax.eval import scoring as evaluation
-from heartjax.data import nifti
+from heartjax import atomic
+from heartjax.data import filenames
 from heartjax.data import labels as labels_lib
-from heartjax.data.datasets import natural_key
+from heartjax.data import nifti
+from heartjax.data.filenames import natural_key, pair_key
 from heartjax.errors import HeartjaxError
+from heartjax.eval import scoring as evaluation
 
-LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
 _MAX_LISTED = 10  # failures printed in full; the JSON lists them all
-_TRIED = "X.nii(.gz) or X_label / X_mask / X_seg / X_gt.nii(.gz)"
+_NAMES = filenames.label_names("X")
+_TRIED = f"{_NAMES[0]}.nii(.gz) or {' / '.join(_NAMES[1:])}.nii(.gz)"
 
 
 @dataclasses.dataclass
@@ -52,21 +50,11 @@ class Pair:
     missing_prediction: bool = False  # the one problem --allow-missing forgives
 
 
-def pair_key(path: str | os.PathLike) -> str:
-    """The case name a file pairs by: its name without .nii/.nii.gz and without one label suffix."""
-    stem = nifti.case_id_from_path(path)
-    for suffix in LABEL_SUFFIXES:
-        if stem.endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
 def _files_by_key(folder: Path) -> dict[str, list[Path]]:
-    """Visible NIfTI files of a folder grouped by pair key."""
+    """Visible NIfTI files of a folder grouped by pair key (`heartjax.data.filenames.pair_key`)."""
     out: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and nifti.is_nifti_path(path):
-            out.setdefault(pair_key(path), []).append(path)
+    for path in filenames.nifti_files(folder):
+        out.setdefault(pair_key(path), []).append(path)
     return out
 
 
@@ -91,12 +79,12 @@ def pair_files(pred_dir, truth_dir) -> list[Pair]:
                           f"{[f.name for f in many]}; keep only one of them there.")
         elif not t:
             pair.error = (f"case {key}: prediction {p[0]} has no truth file in {truth_dir} (tried "
-                          f"{', '.join(key + s for s in ('',) + LABEL_SUFFIXES)} with .nii.gz or .nii); add the "
+                          f"{', '.join(filenames.label_names(key))} with .nii.gz or .nii); add the "
                           f"truth file or move the prediction out.")
         elif not p:
             pair.missing_prediction = True
             pair.error = (f"case {key}: truth file {t[0]} has no prediction in {pred_dir} (tried "
-                          f"{', '.join(key + s for s in ('',) + LABEL_SUFFIXES)} with .nii.gz or .nii); predict "
+                          f"{', '.join(filenames.label_names(key))} with .nii.gz or .nii); predict "
                           f"it, or pass --allow-missing to score only the cases that have a prediction.")
         pairs.append(pair)
     return pairs
@@ -106,13 +94,13 @@ def infer_scheme(truth_files: Sequence[Path]) -> labels_lib.LabelScheme:
     """MM-WHS when the truth's non-zero codes are MM-WHS codes; otherwise a HeartjaxError asking for --scheme."""
     for path in truth_files:
         try:
-            present = sorted({int(c) for c in np.unique(nifti.read_label_codes(path))} - {0})
+            present = labels_lib.present_codes(nifti.read_label_codes(path))
         except HeartjaxError:
             continue  # unreadable: that case reports its own error; look at the next file
         if not present:
             continue
         mmwhs = labels_lib.MMWHS
-        if set(present) <= set(mmwhs.codes) | set(mmwhs.aliases):
+        if labels_lib.scheme_from_codes(present) is mmwhs:
             return mmwhs
         raise HeartjaxError(
             f"truth file {path} holds label codes {present}, which are not MM-WHS codes {list(mmwhs.codes)}; "
@@ -167,7 +155,7 @@ def evaluate_folders(pred_dir, truth_dir, scheme=None, workers: int = 1, allow_m
             f"{_TRIED}; rename the files so the names match."
             + "".join(f"\n  {p.error}" for p in pairs if "several files" in p.error)
         )
-    scheme = nifti.resolve_scheme(scheme) if scheme is not None else infer_scheme([p.truth for p in scorable])
+    scheme = labels_lib.resolve_scheme(scheme) if scheme is not None else infer_scheme([p.truth for p in scorable])
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         results = []
         # map keeps the case order; each result is reported as soon as it and those before it are done
@@ -223,26 +211,15 @@ def output_paths(out: str | os.PathLike | None, pred_dir) -> tuple[Path, Path]:
     return base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_results(result: dict, out=None) -> tuple[Path, Path]:
-    """Write evaluation JSON and CSV atomically (overwriting earlier ones); returns their paths."""
+    """Write evaluation JSON and CSV atomically (heartjax.atomic, overwriting earlier ones); returns their paths."""
     json_path, csv_path = output_paths(out, result["pred_dir"])
     record = {k: result[k] for k in ("scheme", "names", "pred_dir", "truth_dir", "cases", "summary")}
-    _atomic_write_text(json_path, json.dumps(record, indent=1, allow_nan=False) + "\n")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(json_path, record, indent=1, allow_nan=False)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(csv_rows(result))
-    _atomic_write_text(csv_path, buffer.getvalue())
+    atomic.write_text(csv_path, buffer.getvalue())
     return json_path, csv_path
 
 

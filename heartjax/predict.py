@@ -16,38 +16,42 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from heartjax import workflow
-from heartjax.data import nifti
-from heartjax.data import preprocess
-from heartjax.errors import HeartjaxError
+from heartjax.config import KINDS
+from heartjax.data import nifti, preprocess
 from heartjax.data.labels import LabelScheme
 from heartjax.data.plan import Plan
+from heartjax.errors import HeartjaxError
 from heartjax.eval.postprocess import keep_largest_component
+from heartjax.specs import ModelSpec
 
 
 class Model:
-    """A trained model of a run folder, ready to segment RAS volumes."""
+    """A trained model of a run folder, ready to segment RAS volumes: built from its network spec
+    (models/KIND.json), the plan and the label scheme, with the best weights restored."""
 
     def __init__(self, run_dir: Path, kind: str | None = None):
         self.run_dir = Path(run_dir)
-        need = ["config.json", "plan.json", "label_scheme.json"]
+        need = ["plan.json", "label_scheme.json"]
         missing = [n for n in need if not (self.run_dir / n).exists()]
         if missing:
             raise HeartjaxError(f"{self.run_dir} is not a finished heartjax run (missing {missing}); "
                                 f"point RUN_DIR at a folder written by python -m experiments.volumetric")
-        self.cfg = json.loads((self.run_dir / "config.json").read_text())
         self.plan = Plan.from_json(json.loads((self.run_dir / "plan.json").read_text()))
         self.scheme = LabelScheme.from_json(json.loads((self.run_dir / "label_scheme.json").read_text()))
         self.kind = kind or self._best_kind()
-        ckpt_dir = self.run_dir / "checkpoints" / self.kind
-        if not ckpt_dir.exists():
-            raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} is missing); "
-                                f"choose --model from {sorted(p.name for p in (self.run_dir / 'checkpoints').glob('*'))}")
+        ckpt_dir, spec_file = self.run_dir / "checkpoints" / self.kind, self.run_dir / "models" / f"{self.kind}.json"
+        if not ckpt_dir.exists() or not spec_file.exists():
+            have = sorted(p.stem for p in (self.run_dir / "models").glob("*.json"))
+            raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} or {spec_file} is "
+                                f"missing); choose --model from {have}")
         from heartjax.train.checkpoint import Checkpointer
+        from heartjax.train.step import abstract_weights, make_predict_fn
 
-        self.trainer = workflow.build_trainer(self.cfg, self.plan, self.kind, self.scheme.num_classes)
-        abstract = jax.eval_shape(lambda s: s, self.trainer.state)
-        self.state, _ = Checkpointer(ckpt_dir).restore("best", abstract)
+        self.spec = ModelSpec.from_json(json.loads(spec_file.read_text()))
+        graphdef, abstract = abstract_weights(self.spec.unet)
+        self.predict = make_predict_fn(graphdef)
+        with Checkpointer(ckpt_dir) as ckpt:
+            self.weights, _ = ckpt.restore("best", abstract)
         ev = self.run_dir / f"eval_{self.kind}.json"
         decision = json.loads(ev.read_text()).get("postprocessing", {}) if ev.exists() else {}
         self.largest_component = bool(decision.get("largest_component", False))
@@ -55,20 +59,20 @@ class Model:
     def _best_kind(self) -> str:
         """The model with the best validation Dice (EMA), else the only one trained."""
         scores = {}
-        for kind in workflow.KINDS:
+        for kind in KINDS:
             f = self.run_dir / f"eval_{kind}.json"
             if f.exists():
                 scores[kind] = json.loads(f.read_text()).get("best_val_dice") or 0.0
         if not scores:
-            raise HeartjaxError(f"run {self.run_dir} has no evaluated model (no eval_2d.json / eval_3d.json); "
+            raise HeartjaxError(f"run {self.run_dir} has no evaluated model (no eval_KIND.json); "
                                 f"finish or --resume the run first")
         return max(scores, key=scores.get)
 
     def probabilities(self, volume: nifti.Volume, tta: bool = False) -> tuple[np.ndarray, preprocess.Preprocessed]:
         """Class probabilities at the plan's spacing and the preprocessed case (for `restore`)."""
         pre = preprocess.preprocess_volume(volume, self.plan, self.scheme.num_classes)
-        cfg = {**self.cfg, "infer": {**self.cfg["infer"], "mirror": bool(tta)}}
-        return workflow.predict_probs(self.trainer, self.state, pre, self.plan, self.kind, cfg, self.scheme.num_classes), pre
+        probs = self.spec.predict_volume(lambda x: self.predict(self.weights, x), pre.image, mirror=bool(tta))
+        return probs, pre
 
 
 class Ensemble:
@@ -77,9 +81,9 @@ class Ensemble:
 
     def __init__(self, run_dir: Path, kind: str | None = None):
         run_dir = Path(run_dir)
-        folds = sorted((p for p in run_dir.glob("fold*") if (p / "config.json").exists()), key=lambda p: p.name)
-        if not folds and not (run_dir / "config.json").exists():
-            raise HeartjaxError(f"{run_dir} is not a heartjax run (no config.json and no fold*/ folders); "
+        folds = sorted((p for p in run_dir.glob("fold*") if (p / "plan.json").exists()), key=lambda p: p.name)
+        if not folds and not (run_dir / "plan.json").exists():
+            raise HeartjaxError(f"{run_dir} is not a heartjax run (no plan.json and no fold*/ folders); "
                                 f"point RUN_DIR at a folder written by python -m experiments.volumetric")
         if folds and kind is None:
             kind = Model(folds[0]).kind  # the first fold's validation decides, so every fold uses the same kind
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("inputs", nargs="+", help="NIfTI files or folders of them")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", choices=workflow.KINDS, default=None, help="default: the run's best by validation")
+    p.add_argument("--model", choices=KINDS, default=None, help="default: the run's best by validation")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (NAME_probs.nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

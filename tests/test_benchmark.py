@@ -1,5 +1,6 @@
 """experiments.benchmark: the --quick JSON report, rows that follow the config, FLOP parsing, torch handling."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from experiments.configs.volumetric import get_config
+from heartjax import config as config_lib
+from heartjax import experiment
 from heartjax.errors import HeartjaxError
 
 
@@ -56,18 +58,19 @@ def test_quick_json_report(tmp_path):
 
 
 def test_rows_follow_the_default_config():
-    cfg = get_config("default")
+    cfg = experiment.config("default")
     rows = {r.name: r for r in benchmark.make_rows(["default"])}
     assert set(rows) == {"train3d_default", "train2d_default"}
     for kind, dims in (("3d", 3), ("2d", 2)):
-        row, model = rows[f"train{kind}_default"], {**cfg["model"], **cfg[f"model_{kind}"]}
-        assert row.model.spatial_dims == dims and row.model.depth == cfg["plan"]["depth"]
+        row, model = rows[f"train{kind}_default"], config_lib.unet_settings(cfg, kind)
+        assert row.model.spatial_dims == dims and row.model.depth == cfg.plan.depth
         assert (row.model.features, row.model.max_features) == (model["features"], model["max_features"])
         assert row.model.deep_supervision == model["deep_supervision"] and row.model.norm == model["norm"]
-        assert row.batch == cfg["plan"][f"batch_{kind}"] and row.optim.name == cfg["optim"]["name"]
-        expected = cfg["plan"][f"patch_{kind}"] or benchmark.FALLBACK_PATCH[dims]
+        assert row.model.conv_impl == model["conv_impl"]
+        assert row.batch == getattr(cfg.plan, f"batch_{kind}") and row.optim == cfg.optim and row.loss == cfg.loss
+        expected = getattr(cfg.plan, f"patch_{kind}") or benchmark.FALLBACK_PATCH[dims]
         assert row.patch == tuple(expected)
-        if cfg["plan"][f"patch_{kind}"] is None:
+        if getattr(cfg.plan, f"patch_{kind}") is None:
             assert f"plan.patch_{kind} is None" in row.note
         row.model.check_input(row.patch)
 
@@ -125,7 +128,7 @@ def test_model_flops_count_the_network_not_its_formulation():
     from heartjax import conv as conv_lib
 
     x, w = jnp.ones((1, 8, 8, 8, 4)), jnp.ones((3, 3, 3, 4, 6))
-    build = lambda: (jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2)), (x, w))
+    build = lambda impl: (jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl=impl)), (x, w))
     # stride 2, SAME: 4 outputs per axis reading taps 2o + t (t < 3) of 8 voxels; 11 of the 12 (output, tap)
     # pairs per axis are inside the image (XLA counts no padding taps): 2 * C_out * C_in * 11^3
     analytic = 2 * 6 * 4 * 11**3
@@ -135,7 +138,6 @@ def test_model_flops_count_the_network_not_its_formulation():
         # The X-phase split also convolves the zero planes padded in X (15 plane-taps per output row of 4 against
         # the 11 inside the image): the executed count differs, the model count does not.
         assert executed == pytest.approx(analytic * 15 / 11, rel=0.03)
-    assert conv_lib.get_default_impl() == "auto"  # restored
 
 
 def test_compare_torch_without_torch_exits_2(monkeypatch, capsys):
@@ -145,13 +147,38 @@ def test_compare_torch_without_torch_exits_2(monkeypatch, capsys):
     assert "pip install -r requirements-bench.txt" in err
 
 
-def test_unknown_conv_impl_exits_2(monkeypatch, capsys):
-    def reject(name):
-        raise HeartjaxError(f"conv impl {name!r} is unknown")
-
-    monkeypatch.setattr(benchmark.conv_lib, "set_default_impl", reject)
+def test_unknown_conv_impl_exits_2(capsys):
     assert benchmark.main(["--quick", "--conv-impl", "nonsense"]) == 2
-    assert "nonsense" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "model.conv_impl" in err
+
+
+def test_conv_impl_travels_with_every_row_model():
+    cfg = experiment.config("default")
+    rows = benchmark.make_rows(["ref", "default"], quick=True)
+    assert {r.model.conv_impl for r in rows} == {cfg.model.conv_impl}
+    rows = benchmark.variant_rows(benchmark.make_rows(["ref", "default"], quick=True, conv_impl="xla"),
+                                  ("float32", "bfloat16"))
+    assert rows and all(r.model.conv_impl == "xla" for r in rows)
+    with pytest.raises(HeartjaxError, match="model.conv_impl"):
+        benchmark.make_rows(["ref"], conv_impl="nonsense")[0].model.validate()
+
+
+def test_model_flops_trace_the_network_with_xla_convolutions():
+    row = benchmark.make_rows(["ref"], quick=True)[1]  # forward3d_ref
+    tx = benchmark.make_optimizer(row.optim)
+    _, state = benchmark.init_train_state(row.model, tx, 0)
+    images = np.zeros((row.batch, *row.patch, 1), np.float32)
+    seen = []
+
+    def build(impl):
+        seen.append(impl)
+        graphdef = benchmark.graphdef_of(dataclasses.replace(row.model, conv_impl=impl), tx)
+        predict = benchmark.make_predict_fn(graphdef)
+        assert "[b, 0, 1, 2, f]x[0, 1, 2, i, o]" in predict.lower(state, images).as_text()  # 3D convolutions
+        return predict, (state, images)
+
+    assert benchmark.model_flops(build) > 0 and seen == ["xla"]
 
 
 def test_bad_sizes_is_a_usage_error():

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from heartjax import conv as conv_lib
+from heartjax.conv import xla_cpu
 from heartjax.errors import HeartjaxError
 
 # (x shape, kernel spatial, C_out, strides, padding): 2D and 3D, kernel 1 and 3, strides 1 and 2 (also per axis),
@@ -68,13 +71,6 @@ def make(case, seed=0, dtype=jnp.float32):
     return tuple(jnp.asarray(v, dtype) for v in (x, w, ct))
 
 
-@pytest.fixture(autouse=True)
-def restore_default():
-    """Tests that change the global default put it back."""
-    yield
-    conv_lib.set_default_impl("auto")
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][0]}-s{c[3]}-{c[4]}")
 def test_forward_and_gradients_match_lax(case):
     x, w, ct = make(case)
@@ -108,7 +104,7 @@ def test_forward_and_gradients_match_lax(case):
 def test_materialised_returns_its_inputs_exactly_on_both_branches(shape, dtype):
     rng = np.random.default_rng(7)
     x, dy = (jnp.asarray(rng.standard_normal(shape, np.float32), dtype) for _ in range(2))
-    f = jax.jit(conv_lib._materialised)
+    f = jax.jit(xla_cpu.materialised)
     for key in (1.0, jnp.nan, jnp.inf):  # finite: the plain branch; non-finite: the double flip
         w = jnp.full((3, 3, 2, 2), key, dtype)
         for out, v in zip(f(x, dy, w), (x, dy)):
@@ -117,10 +113,42 @@ def test_materialised_returns_its_inputs_exactly_on_both_branches(shape, dtype):
 
 
 def test_planes_backward_reads_materialised_buffers():
-    """The CPU formulation's gradients put x and dy behind a run-time conditional (see _materialised)."""
+    """The CPU formulation's gradients put x and dy behind a run-time conditional (see materialised); the
+    benchmarks' "planes-plain" variant leaves it out."""
     x, w, ct = make(CASES[0])
-    grad = jax.jit(jax.grad(lambda a, b: jnp.vdot(conv_lib.conv(a, b, impl="planes"), ct), argnums=(0, 1)))
-    assert "conditional" in grad.lower(x, w).as_text(dialect="hlo")
+    texts = {}
+    for impl in ("planes", "planes-plain"):
+        grad = jax.jit(jax.grad(lambda a, b: jnp.vdot(conv_lib.conv(a, b, impl=impl), ct), argnums=(0, 1)))
+        texts[impl] = grad.lower(x, w).as_text(dialect="hlo")
+    assert "conditional" in texts["planes"] and "conditional" not in texts["planes-plain"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU optimisation")
+def test_materialisation_survives_production_compilation():
+    """The conditional must still be in the optimised program that training runs: compiled without the suite's
+    fast-compile XLA_FLAGS (a subprocess) and with heartjax.conv.compiler_options()."""
+    code = ("import jax, jax.numpy as jnp, numpy as np; from heartjax import conv; "
+            "r = np.random.default_rng(0); x, ct = (jnp.asarray(r.standard_normal(s, np.float32)) "
+            "for s in ((1, 5, 6, 4, 8), (1, 5, 6, 4, 6))); "
+            "w = jnp.asarray(r.standard_normal((3, 3, 3, 8, 6), np.float32)); "
+            "g = jax.grad(lambda a, b: jnp.vdot(conv.conv(a, b, impl='planes'), ct), argnums=(0, 1)); "
+            "t = jax.jit(g, compiler_options=conv.compiler_options()).lower(x, w).compile().as_text(); "
+            "print('XLA_FLAGS' in __import__('os').environ, 'conditional' in t)")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": root}, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out == ["False", "True"], "XLA:CPU dropped the conditional that materialises x and dy (xla_cpu.materialised)"
+
+
+def test_planes_plain_matches_lax():
+    """The A/B variant without materialised gradient inputs computes the same, on every custom-gradient path."""
+    for case in (CASES[0], CASES[1], CASES[5], CASES[16], CASES[14]):
+        x, w, ct = make(case)
+        f = lambda a, b, i: conv_lib.conv(a, b, strides=case[3], padding=case[4], impl=i)
+        grads = jax.jit(lambda a, b: [jax.vjp(lambda u, v: f(u, v, i), a, b)[1](ct) for i in ("xla", "planes-plain")])
+        for got, want in zip(*grads(x, w)):
+            assert rel_err(got, want) < 1e-5, case
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -157,28 +185,34 @@ def test_bfloat16_runs_close_to_float32(case, impl):
     assert rel_err(dw.astype(jnp.float32), dw_ref) < 2e-2
 
 
-def test_default_impl_is_switchable_and_auto_resolves_per_backend():
-    assert conv_lib.get_default_impl() == "auto"
+def test_auto_resolves_per_backend_and_explicit_impls_stay():
     cpu = jax.default_backend() == "cpu"
     assert conv_lib.resolve_impl("auto", 3) == ("planes" if cpu else "xla")
     assert conv_lib.resolve_impl("auto", 2) == ("planes" if cpu else "xla")
-    conv_lib.set_default_impl("xla")
-    assert conv_lib.get_default_impl() == "xla"
-    assert conv_lib.resolve_impl("auto", 3) == "xla"
-    assert conv_lib.resolve_impl("planes", 3) == "planes"  # an explicit impl wins over the default
-    conv_lib.set_default_impl("planes")
+    for impl in ("xla", "planes", "planes-plain"):
+        assert conv_lib.resolve_impl(impl, 3) == impl
+    assert "planes-plain" not in conv_lib.IMPLS  # an A/B variant, not a model.conv_impl value
     x, w, _ = make(CASES[0])
     np.testing.assert_allclose(conv_lib.conv(x, w), reference(x, w, 1, "SAME"), rtol=1e-5, atol=1e-5)
+    assert not any(hasattr(conv_lib, n) for n in ("set_default_impl", "get_default_impl", "_MATERIALISE"))
+
+
+def test_impl_is_part_of_the_jit_cache_key():
+    x, w, _ = make(CASES[0])
+    f = jax.jit(conv_lib.conv, static_argnames=("strides", "padding", "impl"))
+    texts = {impl: f.lower(x, w, impl=impl).as_text() for impl in ("xla", "planes")}
+    for impl in ("xla", "planes"):
+        f(x, w, impl=impl)
+    assert f._cache_size() == 2 and texts["xla"] != texts["planes"]
 
 
 @pytest.mark.parametrize("bad", ["im2col_typo", "XLA", "", None])
 def test_bad_impl_name_raises_naming_the_setting(bad):
-    with pytest.raises(HeartjaxError, match="model.conv_impl"):
-        conv_lib.set_default_impl(bad)
     x, w, _ = make(CASES[0])
     with pytest.raises(HeartjaxError, match="model.conv_impl"):
         conv_lib.conv(x, w, impl=bad)
-    assert conv_lib.get_default_impl() == "auto"
+    with pytest.raises(HeartjaxError, match="model.conv_impl"):
+        conv_lib.resolve_impl(bad, 3)
 
 
 def test_bad_shapes_and_arguments_raise():
@@ -242,8 +276,8 @@ def test_upsample_2d_bfloat16_and_errors():
         conv_lib.upsample(x, (2, 2, 2))
 
 
-def test_cpu_compiler_options_keep_results_equal():
-    opts = conv_lib.cpu_compiler_options()
+def test_compiler_options_keep_results_equal():
+    opts = conv_lib.compiler_options()
     ynn = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
     assert opts == (ynn if jax.default_backend() == "cpu" else {})
     rng = np.random.default_rng(2)
@@ -257,34 +291,50 @@ def test_cpu_compiler_options_keep_results_equal():
 def test_bench_conv_quick_smoke(tmp_path):
     from experiments import bench_conv
 
-    out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers,upsample", "--impls", "planes",
-                           "--json", str(tmp_path / "b.json")])
+    out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers,upsample", "--impls",
+                           "planes,planes-plain", "--json", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["matmul_peak"]["gflops"] > 0 and len(saved["results"]) == len(out["results"]) > 0
     convs = [r for r in saved["results"] if not r["row"].startswith("upsample")]
     assert convs and all(r["fwd_bwd"]["s"] > 0 and r["fwd"]["gflops"] > 0 for r in convs)
+    assert {r["variant"] for r in convs} >= {"planes", "planes-plain"}
     methods = {r["variant"] for r in saved["results"] if r["row"].startswith("upsample")}
     assert methods == {"broadcast", "repeat", "resize"}
 
 
-def test_use_cpu_flags_appends_once(monkeypatch):
-    jnp.ones(1).block_until_ready()  # the backend is running: the flag can no longer take effect here
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nonexistent")
-    assert conv_lib.use_cpu_flags() is False
-    assert conv_lib.use_cpu_flags() is False
-    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/nonexistent {conv_lib.XLA_CPU_FLAGS}"
+def test_bench_conv_rejects_unknown_impls():
+    from experiments import bench_conv
+
+    with pytest.raises(SystemExit) as exc:
+        bench_conv.main(["--quick", "--impls", "planes,im2col"])
+    assert exc.value.code == 2
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU flag")
-def test_use_cpu_flags_takes_effect_before_the_first_computation():
-    code = ("from heartjax import conv; import jax, jax.numpy as jnp; ok = conv.use_cpu_flags(); "
-            "x = jnp.ones((2, 8, 8, 32)); w = jnp.ones((3, 3, 32, 32)); "
-            "f = lambda a, b: (conv.conv(a, b), jnp.sum(a * a, axis=(1, 2))); "
-            "t = jax.jit(f).lower(x, w).compile().as_text(); entry = t[t.index('ENTRY'):]; "
-            "print(ok, ' convolution(' in entry, '__ynn_fusion' in t)")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": root}, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.split()
-    # applied: the 2D conv stays XLA's own (by default YNNPACK takes it), the reduction goes to YNNPACK
-    assert out == ["True", "True", "True"]
+@pytest.mark.parametrize("shape", [(3, 5), (4,), (2, 3, 4)])
+def test_unfused_keeps_the_values(shape):
+    x = jnp.asarray(np.random.default_rng(4).standard_normal(shape, np.float32))
+    y = jax.jit(conv_lib.unfused)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, x)
+    if jax.default_backend() == "cpu" and x.ndim == 2:  # the identity product, as heartjax.model.augment had it
+        eye = jnp.matmul(jnp.eye(shape[0], dtype=x.dtype), x, precision=jax.lax.Precision.HIGHEST)
+        np.testing.assert_array_equal(y, eye)
+        assert "dot(" in jax.jit(conv_lib.unfused).lower(x).as_text(dialect="hlo")
+    with pytest.raises(HeartjaxError, match="dimension"):
+        conv_lib.unfused(jnp.float32(1.0))
+
+
+def test_nothing_outside_the_package_reaches_into_it():
+    """Code outside heartjax/conv uses only the public API: no private modules or underscore names."""
+    root = Path(__file__).resolve().parents[1]
+    private = re.compile(r"heartjax\.conv\.(?!conv\b|IMPLS\b|BENCH_IMPLS\b|resolve_impl\b|compiler_options\b|"
+                         r"unfused\b|upsample\b)\w+|from heartjax\.conv import .*\b_\w+|from heartjax\.conv\.\w+ import"
+                         r"|conv_lib\._\w+|conv_lib\.(xla_cpu\w*|common)\b")
+    offenders = []
+    for path in [*root.glob("heartjax/**/*.py"), *root.glob("experiments/**/*.py"), *root.glob("tests/*.py")]:
+        if path.parent == root / "heartjax" / "conv" or path.name == "test_conv.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if private.search(line):
+                offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -7,10 +7,11 @@ import nibabel
 import numpy as np
 import pytest
 
+from heartjax import atomic
 from heartjax.data import datasets
 from heartjax.data.datasets import Case
 from heartjax.errors import HeartjaxError
-from heartjax.data.labels import ACDC, MMWHS, LabelScheme
+from heartjax.data.labels import ACDC, MMWHS
 
 
 def put(path, codes=(0, 1), shape=(3, 3, 2)):
@@ -262,7 +263,7 @@ def test_write_splits_failure_leaves_old_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(datasets.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="rename failed"):  # the temporary file was written, then must go
         datasets.write_splits(path, [{"train": ["b"], "val": ["a"]}])
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["splits.json"]
@@ -273,4 +274,5 @@ def test_natural_sort_and_patient_ids():
     assert datasets._patient_of("patient007_frame01") == "patient007"
     assert datasets._patient_of("mouse3_slice12") == "mouse3"
     assert datasets._patient_of("ct_train_1001") == "ct_train_1001"
-    assert isinstance(ACDC, LabelScheme)
+    assert datasets._patient_of("Heart3-ES") == "Heart3"  # ED/ES frames of one heart are one patient
+    assert datasets._patient_of("case_edge") == "case_edge"  # "ed" counts only as the whole last word

@@ -16,8 +16,9 @@ import pytest
 from scipy import ndimage
 
 from heartjax import evaluate
+from heartjax.errors import HeartjaxError
 from heartjax.eval import scoring as evaluation
-from heartjax.data import labels
+from heartjax.data import datasets, filenames, labels
 from heartjax.data import nifti
 
 SPACING_RAS = (0.7, 1.3, 2.5)  # distinct per axis, so a spacing in the wrong axis order changes HD95 and ASSD
@@ -223,6 +224,24 @@ def test_scheme_inferred_from_mmwhs_codes_else_asked_for(tmp_path, capsys):
     code, err = _run([tmp_path / "p2", tmp_path / "t2"], capsys)
     assert code == 1 and "--scheme" in err and "acdc" in err and "generic3" in err and "x.nii.gz" in err
     assert not (tmp_path / "p2" / "evaluation.json").exists()
+
+
+def test_names_and_mmwhs_check_are_the_ones_dataset_discovery_uses(tmp_path):
+    assert evaluate.pair_key is filenames.pair_key and evaluate.natural_key is datasets.natural_key
+    assert filenames.label_names("x") == ["x", "x_label", "x_mask", "x_seg", "x_gt"]
+    assert [filenames.pair_key(f"heart{s}.nii.gz") for s in filenames.LABEL_SUFFIXES] == ["heart"] * 5
+    assert filenames.pair_key("heart_gt_mask.nii") == "heart_gt"  # one suffix only
+    assert filenames.pair_key("_gt.nii") == "_gt"  # a bare suffix is a whole name
+    r = np.zeros((6, 6, 4), np.uint16)
+    r[1:3, 1:3, 1:3], r[3:5, 3:5, 1:3] = 421, 205  # 421: MM-WHS's stray left-atrium code
+    truth = _write(tmp_path / "a_gt.nii.gz", r)
+    assert evaluate.infer_scheme([truth]) is labels.MMWHS
+    assert labels.scheme_from_codes(nifti.read_label_codes(truth)) is labels.MMWHS
+    r[0, 0, 0] = 7
+    _write(truth, r)
+    with pytest.raises(HeartjaxError, match=r"codes \[7, 205, 421\].*--scheme"):
+        evaluate.infer_scheme([truth])
+    assert labels.scheme_from_codes(r) == labels.generic(421)
 
 
 def test_output_paths():

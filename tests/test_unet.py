@@ -9,7 +9,7 @@ from flax import nnx
 from heartjax.model import losses
 from heartjax.errors import HeartjaxError
 from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
-from heartjax.model.unet import UNet, UNetConfig, count_params, group_norm, init_model
+from heartjax.model.unet import Conv, UNet, UNetConfig, count_params, group_norm, init_model
 
 
 def tiny(dims, **kw):
@@ -125,6 +125,34 @@ def test_dropout_needs_key_and_changes_output():
 def test_config_errors_name_the_setting(kw, setting):
     with pytest.raises(HeartjaxError, match=setting):
         UNet(tiny(2, **kw), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("bad", ["planes-plain", "XLA", "im2col"])
+def test_bad_conv_impl_names_the_setting_and_the_choices(bad):
+    with pytest.raises(HeartjaxError, match="model.conv_impl") as exc:
+        tiny(3, conv_impl=bad).validate()
+    assert all(name in str(exc.value) for name in ("auto", "xla", "planes")) and repr(bad) in str(exc.value)
+    with pytest.raises(HeartjaxError, match="model.conv_impl"):
+        UNet(tiny(3, conv_impl=bad), rngs=nnx.Rngs(0))
+
+
+def test_conv_impl_is_part_of_the_traced_graph():
+    """The implementation travels with the model (its graphdef): one jitted function compiles once per choice,
+    to different programs (XLA's 3D convolutions, or the 2D "planes" ones) with equal outputs."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 8, 1), np.float32))
+    fwd = jax.jit(lambda graphdef, state, x: nnx.merge(graphdef, state)(x), static_argnums=0)
+    texts, outs = {}, {}
+    for impl in ("xla", "planes"):
+        graphdef, state = init_model(tiny(3, conv_impl=impl), 0)
+        convs = [m for _, m in nnx.iter_graph(nnx.merge(graphdef, state)) if isinstance(m, Conv)]
+        assert len(convs) == 2 * (2 * 2 + 1) + 2 + 1 and all(m.impl == impl for m in convs)  # blocks, ups, head
+        texts[impl] = fwd.lower(graphdef, state, x).as_text()
+        outs[impl] = fwd(graphdef, state, x)
+    assert fwd._cache_size() == 2
+    conv3d = "[b, 0, 1, 2, f]x[0, 1, 2, i, o]->[b, 0, 1, 2, f]"  # a 3D convolution in StableHLO
+    assert conv3d in texts["xla"] and conv3d not in texts["planes"]
+    err = float(jnp.abs(outs["planes"] - outs["xla"]).max() / jnp.abs(outs["xla"]).max())
+    assert err < 1e-5
 
 
 def test_input_not_divisible_is_a_clear_error():

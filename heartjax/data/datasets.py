@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from heartjax import atomic
+from heartjax.data import filenames
 from heartjax.data import labels as labels_lib
 from heartjax.data import nifti
+from heartjax.data.dataset_meta import read_dataset_json, read_info_cfg
+from heartjax.data.filenames import natural_key
 from heartjax.errors import HeartjaxError
 
-LABEL_SUFFIXES = ("", "_label", "_mask", "_seg", "_gt")
 LAYOUT_EXAMPLES = {
     "mmwhs": "ct_train/ct_train_1001_image.nii.gz + ct_train/ct_train_1001_label.nii.gz (or mr_train/mr_train_...)",
     "nnunet": "imagesTr/heart_001_0000.nii.gz + labelsTr/heart_001.nii.gz + dataset.json",
@@ -28,7 +29,6 @@ LAYOUT_EXAMPLES = {
     "plain": "images/case01.nii.gz + labels/case01.nii.gz (or masks/case01_mask.nii.gz; _label, _seg, _gt too)",
 }
 _MMWHS_RE = re.compile(r"^((ct|mr)_(?:train|test|val)_(\d+))_(image|label)$")
-_MRI_WORDS = ("mri", "mr", "t1", "t2", "cine", "bssfp", "ssfp", "flair", "adc", "dwi", "lge", "de")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +60,6 @@ class Dataset:
         raise KeyError(case_id)
 
 
-def natural_key(text: str) -> tuple:
-    """Sort key that orders case2 before case10."""
-    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", text) if tok)
-
-
 def _patient_of(case_id: str) -> str:
     """Patient id from a case id: 'patient001_frame01' -> 'patient001', 'p3_slice07' -> 'p3', else the id."""
     match = re.match(r"^(patient\d+)", case_id, re.IGNORECASE)
@@ -77,12 +72,11 @@ def _patient_of(case_id: str) -> str:
 def _nifti_files(folder: Path) -> dict[str, Path]:
     """Visible .nii / .nii.gz files of a folder by case id (name without extension)."""
     out: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and nifti.is_nifti_path(path):
-            stem = nifti.case_id_from_path(path)
-            if stem in out:
-                raise HeartjaxError(f"{folder}: both {out[stem].name} and {path.name} exist; keep one of them.")
-            out[stem] = path
+    for path in filenames.nifti_files(folder):
+        stem = filenames.case_id_from_path(path)
+        if stem in out:
+            raise HeartjaxError(f"{folder}: both {out[stem].name} and {path.name} exist; keep one of them.")
+        out[stem] = path
     return out
 
 
@@ -99,7 +93,7 @@ def _pair_plain(root: Path, image_dir: Path, label_dir: Path, image_suffix: str 
     cases, unlabelled = [], []
     for stem, image in images.items():
         case_id = stem[: -len(image_suffix)] if image_suffix and stem.endswith(image_suffix) else stem
-        found = [case_id + s for s in LABEL_SUFFIXES if case_id + s in labels]
+        found = [name for name in filenames.label_names(case_id) if name in labels]
         if len(found) > 1:
             raise HeartjaxError(f"{label_dir}: several labels for image {image.name}: {found}; keep one of them.")
         if not found:
@@ -108,7 +102,7 @@ def _pair_plain(root: Path, image_dir: Path, label_dir: Path, image_suffix: str 
         used.add(found[0])
         cases.append(Case(case_id, _patient_of(case_id), image, labels[found[0]], {}))
     if unlabelled:
-        tried = ", ".join(f"NAME{s}.nii(.gz)" for s in LABEL_SUFFIXES)
+        tried = ", ".join(f"{name}.nii(.gz)" for name in filenames.label_names("NAME"))
         raise HeartjaxError(
             f"dataset folder {root}: no label in {label_dir} for images {unlabelled[:10]}"
             f"{' ...' if len(unlabelled) > 10 else ''} (tried {tried}); add the labels or move those images out."
@@ -122,37 +116,6 @@ def _pair_plain(root: Path, image_dir: Path, label_dir: Path, image_suffix: str 
     return cases
 
 
-def _read_dataset_json(path: Path) -> tuple[labels_lib.LabelScheme | None, str | None]:
-    """Scheme (from "labels") and modality (from "channel_names" or "modality") of an nnU-Net/MSD dataset.json."""
-    try:
-        info = json.loads(path.read_text())
-        raw = info.get("labels")
-        channels = info.get("channel_names") or info.get("modality") or {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise HeartjaxError(f"{path} is not a readable dataset.json ({err}); fix or remove it.") from err
-    scheme = None
-    if raw:
-        try:
-            if all(str(k).isdigit() for k in raw):  # MSD style {"0": "background", "1": "LV"}
-                pairs = {str(name): int(code) for code, name in raw.items()}
-            else:  # nnU-Net v2 style {"background": 0, "LV": 1}
-                pairs = {str(name): int(code) for name, code in raw.items()}
-        except (TypeError, ValueError) as err:
-            raise HeartjaxError(
-                f"{path}: labels {raw} are not name -> integer code pairs (region-based labels are not supported); "
-                f"give each structure one code."
-            ) from err
-        structures = sorted(((c, n) for n, c in pairs.items() if c != 0))
-        codes, names = tuple(c for c, _ in structures), tuple(n for _, n in structures)
-        scheme = labels_lib.LabelScheme("dataset.json", codes, names, names) if codes else None
-        for builtin in (labels_lib.MMWHS, labels_lib.ACDC):
-            if {n.upper(): c for c, n in structures} == dict(zip(builtin.names, builtin.codes)):
-                scheme = builtin
-    words = {str(v).lower() for v in channels.values()} if isinstance(channels, dict) else set()
-    modality = "ct" if words == {"ct"} else "mri" if words and all(w in _MRI_WORDS for w in words) else None
-    return scheme, modality
-
-
 def _discover_nnunet(root: Path) -> tuple[list[Case], labels_lib.LabelScheme | None, str | None]:
     """imagesTr/NAME_0000.nii.gz (or MSD's NAME.nii.gz) + labelsTr/NAME.nii.gz + dataset.json."""
     if not (root / "labelsTr").is_dir():
@@ -164,10 +127,7 @@ def _discover_nnunet(root: Path) -> tuple[list[Case], labels_lib.LabelScheme | N
             f"dataset folder {root}: multi-channel images ({extra[:3]}) are not supported; keep only channel _0000."
         )
     cases = _pair_plain(root, root / "imagesTr", root / "labelsTr", image_suffix="_0000")
-    scheme, modality = None, None
-    if (root / "dataset.json").is_file():
-        scheme, modality = _read_dataset_json(root / "dataset.json")
-    return cases, scheme, modality
+    return cases, *read_dataset_json(root / "dataset.json")
 
 
 def _discover_plain(root: Path) -> tuple[list[Case], labels_lib.LabelScheme | None, str | None]:
@@ -177,22 +137,7 @@ def _discover_plain(root: Path) -> tuple[list[Case], labels_lib.LabelScheme | No
         problem = "both labels/ and masks/ hold files" if label_dirs else "no labels/ or masks/ with NIfTI files"
         raise _layout_error(root, f"has images/ but {problem}; keep exactly one label folder")
     cases = _pair_plain(root, root / "images", label_dirs[0])
-    scheme, modality = None, None
-    if (root / "dataset.json").is_file():
-        scheme, modality = _read_dataset_json(root / "dataset.json")
-    return cases, scheme, modality
-
-
-def _read_info_cfg(path: Path) -> dict[int, str]:
-    """Frame number -> 'ED' / 'ES' from an ACDC Info.cfg (empty when the file is absent)."""
-    if not path.is_file():
-        return {}
-    frames = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("ED", "ES") and value.strip().isdigit():
-            frames[int(value.strip())] = key.strip()
-    return frames
+    return cases, *read_dataset_json(root / "dataset.json")
 
 
 def _discover_acdc(root: Path, folders: list[Path]) -> list[Case]:
@@ -200,7 +145,7 @@ def _discover_acdc(root: Path, folders: list[Path]) -> list[Case]:
     cases = []
     for folder in folders:
         files = _nifti_files(folder)
-        frames = _read_info_cfg(folder / "Info.cfg")
+        frames = read_info_cfg(folder / "Info.cfg")
         for stem, image in files.items():
             match = re.fullmatch(rf"{folder.name}_frame(\d+)", stem)
             if not match:
@@ -255,7 +200,7 @@ def _scheme_from_labels(cases: Sequence[Case]) -> labels_lib.LabelScheme:
     for case in cases:
         codes = nifti.read_label_codes(case.label)
         if np.any(codes):
-            return nifti.scheme_from_codes(codes)
+            return labels_lib.scheme_from_codes(codes)
     raise HeartjaxError(f"all label files ({cases[0].label} ...) are empty; pass the label scheme (--scheme).")
 
 
@@ -269,7 +214,7 @@ def discover(root, scheme: str | labels_lib.LabelScheme | None = None) -> Datase
     root = Path(root)
     if not root.is_dir():
         raise _layout_error(root, "does not exist or is not a folder")
-    scheme = nifti.resolve_scheme(scheme)
+    scheme = labels_lib.resolve_scheme(scheme)
     acdc_folders = [p for p in sorted(root.iterdir()) if p.is_dir() and re.fullmatch(r"patient\d+", p.name)]
     modality = None
     if (root / "imagesTr").is_dir():
@@ -320,16 +265,10 @@ def make_folds(dataset_or_cases: Dataset | Sequence[Case], k: int, seed: int) ->
 
 
 def write_splits(path, folds: list[dict[str, list[str]]]) -> None:
-    """Write folds as JSON atomically (temporary name in the same folder, then rename)."""
+    """Write folds as JSON atomically (heartjax.atomic), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(json.dumps(folds, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, folds)
 
 
 def read_splits(path, dataset: Dataset) -> list[dict[str, list[str]]]:

@@ -58,8 +58,7 @@ class LabelScheme:
                 raise HeartjaxError(f"{source}: label map has non-integer values; is this an image rather than a label?")
             arr = rounded.astype(np.int64)
         present = np.unique(arr)
-        known = {0, *self.codes, *self.aliases}
-        unknown = sorted(int(c) for c in present if int(c) not in known)
+        unknown = self.unknown_codes(present)
         if unknown:
             raise HeartjaxError(
                 f"{source}: unknown label codes {unknown} (codes found: {[int(c) for c in present]}); "
@@ -81,6 +80,11 @@ class LabelScheme:
                 )
                 out[hit] = self.codes.index(canonical) + 1
         return out
+
+    def unknown_codes(self, codes) -> list[int]:
+        """The distinct values of `codes` that are neither 0 nor a code or alias of this scheme, sorted."""
+        known = {0, *self.codes, *self.aliases}
+        return sorted({int(c) for c in np.unique(codes)} - known)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Map indices 0..K back to on-disk codes (uint8 when all codes fit, else uint16)."""
@@ -158,3 +162,21 @@ def get_scheme(name: str) -> LabelScheme:
     if key.startswith("generic") and key[len("generic"):].isdigit():
         return generic(int(key[len("generic"):]))
     raise HeartjaxError(f"unknown label scheme {name!r}; choose one of {sorted(SCHEMES)} or 'genericK'")
+
+
+def resolve_scheme(scheme) -> LabelScheme | None:
+    """Accept a LabelScheme, a scheme name, or None."""
+    return get_scheme(scheme) if isinstance(scheme, str) else scheme
+
+
+def present_codes(codes) -> list[int]:
+    """The distinct non-zero values of a label code array, sorted."""
+    return sorted({int(c) for c in np.unique(codes)} - {0})
+
+
+def scheme_from_codes(codes) -> LabelScheme:
+    """MM-WHS when the non-zero codes are MM-WHS codes (or its stray aliases), else generic(largest code)."""
+    present = present_codes(codes)
+    if present and not MMWHS.unknown_codes(present):
+        return MMWHS
+    return generic(max(present) if present else 1)

@@ -8,9 +8,7 @@ that overlay the scan exactly in ITK-SNAP or 3D Slicer.
 from __future__ import annotations
 
 import dataclasses
-import os
 import struct
-import uuid
 import warnings
 import zlib
 from pathlib import Path
@@ -20,7 +18,10 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from heartjax import atomic
 from heartjax.data import labels as labels_lib
+from heartjax.data.filenames import case_id_from_path, is_nifti_path
+from heartjax.data.labels import resolve_scheme
 from heartjax.errors import HeartjaxError
 
 AFFINE_TOL_MM = 1e-3  # image and label grids may differ by this much (float32 header rounding) and still pair
@@ -90,20 +91,6 @@ class Volume:
     source: str
     label_source: str | None
     case: str
-
-
-def is_nifti_path(path: Path) -> bool:
-    """True for names ending in .nii or .nii.gz."""
-    return path.name.endswith((".nii", ".nii.gz"))
-
-
-def case_id_from_path(path: str | os.PathLike) -> str:
-    """File name without its .nii / .nii.gz extension."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _load(path: Path, what: str) -> tuple[nibabel.Nifti1Image, np.ndarray]:
@@ -215,25 +202,11 @@ def read_label_codes(path) -> np.ndarray:
     return _load(Path(path), "label")[1]
 
 
-def scheme_from_codes(codes) -> labels_lib.LabelScheme:
-    """MM-WHS when the non-zero codes are MM-WHS codes, else generic(largest code)."""
-    present = sorted({int(c) for c in np.unique(codes)} - {0})
-    known = set(labels_lib.MMWHS.codes) | set(labels_lib.MMWHS.aliases)
-    if present and set(present) <= known:
-        return labels_lib.MMWHS
-    return labels_lib.generic(max(present) if present else 1)
-
-
-def resolve_scheme(scheme) -> labels_lib.LabelScheme | None:
-    """Accept a LabelScheme, a scheme name, or None."""
-    return labels_lib.get_scheme(scheme) if isinstance(scheme, str) else scheme
-
-
 def _read_label(path: Path, scheme) -> tuple[np.ndarray, Grid, str | None, labels_lib.LabelScheme]:
     """Read a label file into uint8 RAS indices."""
     img, codes = _load(path, "label")
     grid, note = _make_grid(img, codes.shape, path)
-    scheme = resolve_scheme(scheme) or scheme_from_codes(codes)
+    scheme = resolve_scheme(scheme) or labels_lib.scheme_from_codes(codes)
     indices = scheme.encode(codes, source=f"label file {path}")
     return to_ras(indices, grid), grid, note, scheme
 
@@ -305,25 +278,17 @@ def _output_header(grid: Grid, dtype) -> nibabel.Nifti1Header:
 
 
 def _atomic_save(data: np.ndarray, header: nibabel.Nifti1Header, path, overwrite: bool) -> Path:
-    """Write to a temporary name in the target folder, then rename (nothing half-written is ever visible)."""
+    """Write atomically with heartjax.atomic (nothing half-written is ever visible); refuses an existing file."""
     path = Path(path)
     if not is_nifti_path(path):
         raise HeartjaxError(f"output file {path}: name it .nii or .nii.gz.")
     if path.exists() and not overwrite:
         raise HeartjaxError(f"output file {path} already exists; pass --overwrite (overwrite=True) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    # a fresh name (not mkstemp, whose 0600 mode would survive the rename)
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        # affine=None keeps the header's sform, qform, their codes and pixdim exactly as they were read
-        nibabel.save(nibabel.Nifti1Image(data, None, header), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    # affine=None keeps the header's sform, qform, their codes and pixdim exactly as they were read
+    image = nibabel.Nifti1Image(data, None, header)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"  # nibabel compresses by the name
+    return atomic.write_with(path, lambda tmp: nibabel.save(image, str(tmp)), suffix=suffix)
 
 
 def save_label(path, indices_ras: np.ndarray, grid: Grid, scheme, overwrite: bool = False) -> Path:

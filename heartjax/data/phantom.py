@@ -2,9 +2,9 @@
 
 Each case is a chest with all seven MM-WHS structures (LV, RV, LA, RA cavities, LV myocardium, ascending aorta,
 pulmonary artery trunk) drawn from implicit shapes (`heartjax.data.phantom_shapes`), with the surroundings that make
-intensity alone insufficient: mediastinal and subcutaneous fat, lungs, ribs, sternum, spine, liver dome, and
-contrast-filled vessels that are not labelled (aortic arch and descending aorta, pulmonary branches and veins,
-SVC, IVC), plus the unlabelled thin RV free wall. Patients vary in size, pose, chamber proportions, wall thickness
+intensity alone insufficient (`heartjax.data.phantom_chest`): mediastinal and subcutaneous fat, lungs, ribs, sternum,
+spine, liver dome, and contrast-filled vessels that are not labelled (aortic arch and descending aorta, pulmonary
+branches and veins, SVC, IVC), plus the unlabelled thin RV free wall. Patients vary in size, pose, chamber proportions, wall thickness
 and contrast timing. Files follow the MM-WHS layout and are stored in LPS-like voxel order, as DICOM-derived scans
 are, so loaders must reorient them to RAS.
 
@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import nibabel
 import numpy as np
 from scipy import ndimage
 
+from heartjax import atomic
 from heartjax.data import phantom_shapes as shp
-from heartjax.errors import HeartjaxError
 from heartjax.data.labels import MMWHS
+from heartjax.data.phantom_chest import paint_chest
+from heartjax.errors import HeartjaxError
 
 MODALITIES = {"ct": "ct_train", "mri": "mr_train"}
 TISSUES = shp.TISSUES  # tissue class names, indexed by the values of `generate_tissues`
@@ -90,7 +90,7 @@ def _paint(grid: shp.Grid, p: dict, rng: np.random.Generator) -> tuple[np.ndarra
     """Tissue classes (uint8) and label indices (uint8, 0..7) on the grid; later paints win."""
     tissue = np.zeros(grid.shape, np.uint8)
     label = np.zeros(grid.shape, np.uint8)
-    shp.paint_chest(tissue, grid, p)
+    paint_chest(tissue, grid, p)
     parts = shp.heart_parts(p)
     fields = [shp.Field(grid, part.shape, max(part.halo, part.wall)) for part in parts]
     for part, field in zip(parts, fields):
@@ -230,20 +230,14 @@ def _to_disk(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype, description: str) -> None:
-    """Write a .nii.gz atomically (temp name + os.replace) with a deterministic gzip stream."""
+    """Write a .nii.gz atomically (heartjax.atomic) with a deterministic gzip stream."""
     data, disk_affine = _to_disk(array, affine)
     img = nibabel.Nifti1Image(data.astype(dtype), disk_affine)
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = description[:79].encode()
     img.set_qform(disk_affine, code=1)
     img.set_sform(disk_affine, code=1)
-    payload = gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
 
 
 def case_paths(out_dir, cases: int, modality: str = "ct") -> list[tuple[Path, Path]]:

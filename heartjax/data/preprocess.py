@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from heartjax.errors import HeartjaxError
+from heartjax import atomic
 from heartjax.data.plan import Plan
 
 
@@ -151,13 +151,8 @@ def _source_stamp(paths: Sequence[Path | None]) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    """np.savez to a temporary name in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """np.savez atomically (heartjax.atomic); the temporary name ends in .npz, so savez does not append one."""
+    atomic.write_with(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def preprocess_cases(cases: Sequence, plan: Plan, scheme, cache_dir: str | Path | None, load_fn, with_labels=True) -> dict:

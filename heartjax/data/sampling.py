@@ -20,19 +20,24 @@ class PatchSampler:
     """Draws training batches of 3D patches (spatial_dims=3) or 2D slices (spatial_dims=2).
 
     cases: heartjax.data.preprocess.Preprocessed with labels. 2D slices are cut along `slice_axis` (the plan's
-    coarsest axis) and cropped/padded in-plane to `patch`. A share `fg_fraction` of each batch (the last samples,
-    as nnU-Net does) is centred on a voxel of a random structure present in the case.
-    `batch(step)` returns (images float32 [B, *patch, 1], labels uint8 [B, *patch]).
+    coarsest axis) and cropped/padded in-plane to `patch`; with `context` K > 1 (odd, 2D only) the K slices
+    centred on the drawn one are the channels (edge slices replicated) and the label is the centre slice's.
+    A share `fg_fraction` of each batch (the last samples, as nnU-Net does) is centred on a voxel of a random
+    structure present in the case.
+    `batch(step)` returns (images float32 [B, *patch, C], labels uint8 [B, *patch]), C = context (1 in 3D).
     """
 
     def __init__(self, cases: Sequence, patch: Sequence[int], batch_size: int, seed: int, spatial_dims: int = 3,
-                 slice_axis: int = 2, fg_fraction: float = 0.33):
+                 slice_axis: int = 2, fg_fraction: float = 0.33, context: int = 1):
         if not cases:
             raise HeartjaxError("no training cases to sample from: check the split (train list is empty)")
         if len(patch) != spatial_dims:
             raise HeartjaxError(f"patch {tuple(patch)} must have {spatial_dims} sizes for a {spatial_dims}D sampler")
         if not 0.0 <= fg_fraction <= 1.0:
             raise HeartjaxError(f"sampling.fg_fraction must be in [0, 1], got {fg_fraction}")
+        if context < 1 or context % 2 == 0 or (context > 1 and spatial_dims != 2):
+            raise HeartjaxError(f"context={context} slices must be odd and positive, and > 1 only for 2D samplers")
+        self.context = int(context)
         self.patch, self.batch_size, self.seed = tuple(int(p) for p in patch), int(batch_size), int(seed)
         self.spatial_dims, self.slice_axis = spatial_dims, slice_axis
         self.n_random = int(round(batch_size * (1.0 - fg_fraction)))
@@ -57,13 +62,13 @@ class PatchSampler:
                 lo.append(int(np.clip(center[a] - p // 2, min(0, n - p), max(0, n - p))))
         src = tuple(slice(max(0, l), min(n, l + p)) for l, n, p in zip(lo, shape, self.patch))
         dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo))
-        out_img = np.full(self.patch, img.min(), np.float32)
+        out_img = np.full(self.patch + img.shape[len(self.patch):], img.min(), np.float32)
         out_lbl = np.zeros(self.patch, np.uint8)
         out_img[dst], out_lbl[dst] = img[src], lbl[src]
         return out_img, out_lbl
 
     def batch(self, step: int):
-        """The batch of one optimiser step: (images [B, *patch, 1] float32, labels [B, *patch] uint8)."""
+        """The batch of one optimiser step: (images [B, *patch, C] float32, labels [B, *patch] uint8)."""
         rng = np.random.default_rng((self.seed, int(step)))
         imgs, lbls = [], []
         for i in range(self.batch_size):
@@ -76,12 +81,15 @@ class PatchSampler:
                 center = np.unravel_index(flat, lbl.shape)
             if self.spatial_dims == 2:
                 s = int(center[0]) if center is not None else int(rng.integers(img.shape[0]))
-                img, lbl = img[s], lbl[s]
+                half = self.context // 2
+                img, lbl = np.moveaxis(img[np.clip(np.arange(s - half, s + half + 1), 0, img.shape[0] - 1)], 0, -1), lbl[s]
                 center = None if center is None else center[1:]
+            else:
+                img = img[..., None]
             a, b = self._crop(img, lbl, center, rng)
             imgs.append(a)
             lbls.append(b)
-        return np.stack(imgs)[..., None], np.stack(lbls)
+        return np.stack(imgs), np.stack(lbls)
 
 
 class Prefetcher:

@@ -41,10 +41,10 @@ def _pad_to(image: np.ndarray, shape: Sequence[int], value: float):
 
 def _tiled(predict: Callable, image: np.ndarray, patch: Sequence[int], num_classes: int, overlap: float,
            batch_size: int, lead: int) -> np.ndarray:
-    """Tile the trailing spatial axes of image [*lead_axes, *spatial] with `patch`; lead axes are batched too."""
-    spatial = image.shape[lead:]
+    """Tile the spatial axes of image [*lead_axes, *spatial, C] with `patch`; lead axes are batched too."""
+    spatial = image.shape[lead:-1]
     weights = gaussian_importance(patch)
-    out = np.zeros((*image.shape, num_classes), np.float32)
+    out = np.zeros((*image.shape[:-1], num_classes), np.float32)
     norm = np.zeros(spatial, np.float32)
     corners = list(itertools.product(*[tile_starts(s, p, overlap) for s, p in zip(spatial, patch)]))
     lead_idx = list(np.ndindex(*image.shape[:lead])) or [()]
@@ -55,7 +55,7 @@ def _tiled(predict: Callable, image: np.ndarray, patch: Sequence[int], num_class
         chunk = jobs[i: i + batch_size]
         tiles = [image[li + tuple(slice(o, o + p) for o, p in zip(c, patch))] for li, c in chunk]
         tiles += [tiles[-1]] * (batch_size - len(tiles))  # fixed batch shape: one compilation
-        probs = np.asarray(predict(np.stack(tiles)[..., None]))
+        probs = np.asarray(predict(np.stack(tiles)))
         for (li, c), p in zip(chunk, probs):
             out[li + tuple(slice(o, o + q) for o, q in zip(c, patch))] += p * weights[..., None]
     return out / norm[..., None]
@@ -80,20 +80,26 @@ def sliding_window_predict(predict: Callable, image: np.ndarray, patch: Sequence
     predict: images float32 [B, *patch, 1] -> probabilities [B, *patch, K+1]. image: float32 [x, y, z].
     Returns probabilities float32 [x, y, z, K+1].
     """
-    padded, crop = _pad_to(image, patch, float(image.min()))
+    padded, crop = _pad_to(image[..., None], patch, float(image.min()))
     run = lambda x: _tiled(predict, x, patch, num_classes, overlap, batch_size, lead=0)
     return _mirrored(run, padded, mirror_axes)[crop]
 
 
 def slicewise_predict(predict: Callable, image: np.ndarray, slice_axis: int, patch: Sequence[int], num_classes: int,
-                      overlap: float = 0.5, batch_size: int = 16, mirror_axes: Sequence[int] = ()) -> np.ndarray:
+                      overlap: float = 0.5, batch_size: int = 16, mirror_axes: Sequence[int] = (),
+                      context: int = 1) -> np.ndarray:
     """2D prediction slice by slice along `slice_axis`, each slice tiled in-plane with `patch`.
 
-    predict: images float32 [B, *patch, 1] -> probabilities [B, *patch, K+1]. image: float32 [x, y, z];
-    mirror_axes are in-plane axes of the slice (0 or 1). Returns probabilities float32 [x, y, z, K+1].
+    predict: images float32 [B, *patch, context] -> probabilities [B, *patch, K+1]. image: float32 [x, y, z];
+    with `context` > 1 (odd) each slice is predicted from the `context` slices centred on it, as channels
+    (edge slices replicated). mirror_axes are in-plane axes of the slice (0 or 1).
+    Returns probabilities float32 [x, y, z, K+1].
     """
     slices = np.moveaxis(image, slice_axis, 0)
-    padded, crop = _pad_to(slices, (slices.shape[0], *patch), float(image.min()))
+    n, half = slices.shape[0], context // 2
+    neighbours = np.clip(np.arange(n)[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
+    slices = np.moveaxis(slices[neighbours], 1, -1)  # [S, u, v, context]
+    padded, crop = _pad_to(slices, (n, *patch), float(image.min()))
     run = lambda x: _tiled(predict, x, patch, num_classes, overlap, batch_size, lead=1)
     probs = _mirrored(run, padded, [a + 1 for a in mirror_axes])[crop]
     return np.moveaxis(probs, 0, slice_axis)

@@ -7,13 +7,14 @@ Label overlays are drawn in plain NumPy so they are cheap enough to log during t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import tensorboardX
 from tensorboardX import summary as tbx_summary
+
+from heartjax import atomic
 
 # Colour of label index i (row 0 = background, unused). Labels above 15 reuse rows 1..15 cyclically.
 CLASS_COLORS = np.array(
@@ -192,16 +193,10 @@ def _new_figure(width: float, height: float):
 
 
 def _save_png(fig, path) -> Path:
-    """Write the figure as PNG via a temporary name and os.replace."""
+    """Write the figure as PNG atomically (heartjax.atomic), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def plot_dice_bars(per_structure: Mapping[str, Mapping[str, float]], path, title: str = "",

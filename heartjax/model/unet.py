@@ -50,6 +50,7 @@ class UNetConfig:
     strides: tuple[tuple[int, ...], ...] | None = None
     kernel_sizes: tuple[tuple[int, ...], ...] | None = None
     group_size: int = 8
+    conv_impl: str = "auto"
 
     def stage_features(self) -> list[int]:
         """Channels of each of the depth + 1 stages."""
@@ -100,6 +101,8 @@ class UNetConfig:
             bad("strides", f"need {self.depth} tuples of {self.spatial_dims} ints, got {self.strides}")
         if len(self.stage_kernels()) != self.depth + 1 or any(len(k) != self.spatial_dims for k in self.stage_kernels()):
             bad("kernel_sizes", f"need {self.depth + 1} tuples of {self.spatial_dims} ints, got {self.kernel_sizes}")
+        if self.conv_impl not in conv_lib.IMPLS:
+            bad("conv_impl", f"must be one of {conv_lib.IMPLS}, got {self.conv_impl!r}")
 
     def check_input(self, spatial_shape: Sequence[int]) -> None:
         """Raise HeartjaxError when a patch cannot pass through the network."""
@@ -112,16 +115,18 @@ class UNetConfig:
 
 
 class Conv(nnx.Module):
-    """A convolution whose kernel is [*kernel, C_in, C_out], run through heartjax.conv."""
+    """A convolution whose kernel is [*kernel, C_in, C_out], run through heartjax.conv with implementation `impl`."""
 
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int], strides: Sequence[int] = 1, *, use_bias=True, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], strides: Sequence[int] = 1, *, use_bias=True,
+                 impl: str = "auto", rngs: nnx.Rngs):
         init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # He init, right for (leaky) ReLU
         self.kernel = nnx.Param(init(rngs.params(), (*kernel, cin, cout), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if use_bias else None
         self.strides = tuple(strides) if not isinstance(strides, int) else strides
+        self.impl = impl
 
     def __call__(self, x):
-        y = conv_lib.conv(x, self.kernel[...].astype(x.dtype), strides=self.strides, padding="SAME")
+        y = conv_lib.conv(x, self.kernel[...].astype(x.dtype), strides=self.strides, padding="SAME", impl=self.impl)
         return y if self.bias is None else y + self.bias[...].astype(y.dtype)
 
 
@@ -206,7 +211,7 @@ class ConvBlock(nnx.Module):
     """conv -> norm -> activation (-> dropout while training)."""
 
     def __init__(self, cfg: UNetConfig, cin: int, cout: int, kernel, strides=1, *, rngs: nnx.Rngs):
-        self.conv = Conv(cin, cout, kernel, strides, use_bias=cfg.norm == "none", rngs=rngs)
+        self.conv = Conv(cin, cout, kernel, strides, use_bias=cfg.norm == "none", impl=cfg.conv_impl, rngs=rngs)
         self.norm = Norm(cfg.norm, cout, cfg.group_size) if cfg.norm != "none" else None
         self.activation, self.dropout = cfg.activation, cfg.dropout
 
@@ -227,7 +232,7 @@ class Up(nnx.Module):
     def __init__(self, cfg: UNetConfig, cin: int, cout: int, factor, *, rngs: nnx.Rngs):
         self.factor, self.mode = tuple(factor), cfg.upsample
         kernel = (1,) * cfg.spatial_dims if self.mode == "resize" else self.factor
-        self.conv = Conv(cin, cout, kernel, rngs=rngs)
+        self.conv = Conv(cin, cout, kernel, impl=cfg.conv_impl, rngs=rngs)
 
     def __call__(self, x):
         if self.mode == "resize":
@@ -267,7 +272,7 @@ class UNet(nnx.Module):
             ups.append(Up(cfg, feats[i + 1], feats[i], strides[i], rngs=rngs))
             dec.append(nnx.List([ConvBlock(cfg, 2 * feats[i], feats[i], kernels[i], rngs=rngs),
                                  ConvBlock(cfg, feats[i], feats[i], kernels[i], rngs=rngs)]))
-            heads.append(Conv(feats[i], cfg.num_classes, (1,) * cfg.spatial_dims, rngs=rngs))
+            heads.append(Conv(feats[i], cfg.num_classes, (1,) * cfg.spatial_dims, impl=cfg.conv_impl, rngs=rngs))
         self.ups, self.decoder = nnx.List(ups), nnx.List(dec)
         # Only the full-resolution head is used without deep supervision; the others stay tiny and unused.
         self.heads = nnx.List(heads if cfg.deep_supervision else heads[-1:])

@@ -1,1 +1,0 @@
-"""Experiment configs: one module per experiment, presets as data."""

@@ -1,0 +1,113 @@
+"""The data side of an experiment: dataset or phantom, patient-level split, plan, preprocessing, each scan read once.
+
+Everything here depends on the data settings and `data.seed` only (named streams "split", "split/val",
+"fingerprint"), never on the training seed, so a training-seed study keeps patients, split and preprocessed
+data fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from heartjax import rng
+from heartjax.atomic import atomic_dir
+from heartjax.config import DataConfig, PlanConfig
+from heartjax.data import datasets, nifti, plan as plan_lib, preprocess
+from heartjax.errors import HeartjaxError
+
+
+def phantom_folder(d: DataConfig) -> Path:
+    """Where the phantom of these settings lives (one folder per modality, case count, data seed and spacing)."""
+    sp = "x".join(f"{s:g}" for s in d.phantom_spacing)
+    return Path(d.phantom_dir) / f"{d.phantom_modality}-n{d.phantom_cases}-seed{d.seed}-{sp}mm"
+
+
+def resolve_dataset(d: DataConfig, log: Callable = print) -> datasets.Dataset:
+    """The dataset of `data.dir`, or the built-in phantom (written once, atomically, then reused)."""
+    if d.dir is not None:
+        return datasets.discover(Path(d.dir), d.scheme)
+    from heartjax.data.phantom import write_phantom
+
+    folder = phantom_folder(d)
+    if not (folder / ".complete").exists():
+        log(f"writing the synthetic phantom ({d.phantom_cases} {d.phantom_modality.upper()} cases) to {folder}")
+        with atomic_dir(folder, overwrite=True) as tmp:
+            write_phantom(tmp, cases=d.phantom_cases, modality=d.phantom_modality, seed=d.seed,
+                          spacing=tuple(d.phantom_spacing))
+            (tmp / ".complete").write_text("ok\n")
+    return datasets.discover(folder, d.scheme)
+
+
+def make_split(ds: datasets.Dataset, d: DataConfig) -> dict[str, list[str]]:
+    """Patient-level train / val / test split: test = fold `data.fold` of K; val = `val_cases` of the rest."""
+    cases = list(ds.cases)[: d.max_cases] if d.max_cases else list(ds.cases)
+    if not 0 <= d.fold < d.folds:
+        raise HeartjaxError(f"config setting data.fold={d.fold} must be in 0..data.folds-1 ({d.folds - 1})")
+    fold = datasets.make_folds(cases, d.folds, rng.seed_for(d.seed, "split"))[d.fold]
+    patient_of = {c.case_id: c.patient for c in cases}
+    train_patients = sorted({patient_of[c] for c in fold["train"]}, key=datasets.natural_key)
+    if not 0 < d.val_cases < len(train_patients):
+        raise HeartjaxError(f"config setting data.val_cases={d.val_cases} must be between 1 and "
+                            f"{len(train_patients) - 1} (the number of training patients minus one)")
+    chooser = np.random.default_rng(rng.seed_for(d.seed, "split/val"))
+    val_patients = set(chooser.permutation(train_patients)[: d.val_cases].tolist())
+    return {
+        "train": [c for c in fold["train"] if patient_of[c] not in val_patients],
+        "val": [c for c in fold["train"] if patient_of[c] in val_patients],
+        "test": list(fold["val"]),
+    }
+
+
+class CaseStore:
+    """Reads each scan of a dataset from disk at most once per run.
+
+    `volume(cid)` loads and memoises a case. `release(ids, keep_image=())` drops the image (kept for `keep_image`)
+    and keeps the label and grid of cases scored later, so memory holds labels, not every image.
+    """
+
+    def __init__(self, ds: datasets.Dataset):
+        self.ds = ds
+        self._volumes: dict[str, nifti.Volume] = {}
+        self.reads = 0
+
+    def volume(self, cid: str) -> nifti.Volume:
+        if cid not in self._volumes:
+            c = self.ds.case(cid)
+            self._volumes[cid] = nifti.load_volume(c.image, c.label, self.ds.scheme, case=c.case_id)
+            self.reads += 1
+        return self._volumes[cid]
+
+    def release(self, drop: list[str], keep_labels: list[str], keep_image: tuple[str, ...] = ()) -> None:
+        """Forget the cases in `drop`; keep only label and grid of `keep_labels` (and the images of `keep_image`)."""
+        for cid in drop:
+            self._volumes.pop(cid, None)
+        for cid in keep_labels:
+            v = self._volumes.get(cid)
+            if v is not None and cid not in keep_image and v.image is not None:
+                self._volumes[cid] = dataclasses.replace(v, image=None)
+
+
+def make_plan(store: CaseStore, train_ids, p: PlanConfig, data_seed: int) -> plan_lib.Plan:
+    """Fingerprint the training cases (body-cropped) and derive the plan, with the config's overrides."""
+    vols, ds = [], store.ds
+    for cid in train_ids:
+        v = store.volume(cid)
+        modality = ds.modality or preprocess.guess_modality(v.image)
+        box = preprocess.body_box(v.image, modality, v.spacing, p.crop_margin_mm)
+        sl = tuple(slice(lo, hi) for lo, hi in box)
+        vols.append(dataclasses.replace(v, image=v.image[sl], label=v.label[sl]))
+    fp = plan_lib.fingerprint(vols, modality, seed=rng.seed_for(data_seed, "fingerprint"))
+    return plan_lib.make_plan(fp, depth=p.depth, target_spacing=p.target_spacing, patch_3d=p.patch_3d,
+                              patch_2d=p.patch_2d, batch_3d=p.batch_3d, batch_2d=p.batch_2d,
+                              max_patch_voxels_3d=p.max_patch_voxels_3d, max_patch_voxels_2d=p.max_patch_voxels_2d,
+                              crop_margin_mm=p.crop_margin_mm)
+
+
+def preprocess_ids(store: CaseStore, ids, plan: plan_lib.Plan, cache_dir) -> dict:
+    """Preprocess (or load from the cache) the given cases."""
+    cases = [store.ds.case(i) for i in ids]
+    return preprocess.preprocess_cases(cases, plan, store.ds.scheme, cache_dir, lambda c: store.volume(c.case_id))

@@ -1,0 +1,168 @@
+"""Reporting a run's results (heartjax.eval.results) : results.json, results.md, figures, the printed summary.
+
+Renders from the JSON form of the results, so a results.json read back renders the same. Every kind is compared
+with the 2D baseline patient by patient (paired Wilcoxon and t-test).
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+from typing import Callable, Mapping
+
+import jax
+
+from heartjax import atomic
+from heartjax.eval.references import REFERENCES
+from heartjax.eval.scoring import fmt, structure_table
+
+TIE = 5e-4  # |difference| of mean Dice below this is reported as a tie
+ALPHA = 0.05  # significance level of the paired Wilcoxon test in the verdicts
+
+
+def label(kind: str) -> str:
+    return kind.upper()
+
+
+def significant(comparison: Mapping | None) -> bool:
+    """Whether a paired comparison has a Wilcoxon p-value below ALPHA."""
+    p = (comparison or {}).get("p_wilcoxon")
+    return p is not None and p < ALPHA
+
+
+def comparisons(results: Mapping) -> dict[str, dict]:
+    """{kind: per-structure comparison with the 2D baseline} from a results dict."""
+    comps = results.get("comparisons") or {}
+    if not comps and results.get("comparison_3d_minus_2d"):
+        comps = {"3d_minus_2d": results["comparison_3d_minus_2d"]}
+    kinds = {k.replace(".", ""): k for k in results["models"]}
+    return {kinds.get(key.split("_minus_")[0], key): c for key, c in comps.items()}
+
+
+def verdict(diff: float | None, comp: Mapping | None, kind: str, base: str = "2d") -> str:
+    """"tie", "3D by 0.012 (p 0.002)" or "2D by 0.050 (n.s., p 0.300)"."""
+    if diff is None:
+        return "–"
+    if abs(diff) < TIE:
+        return "tie"
+    p = (comp or {}).get("p_wilcoxon")
+    sig = f"(p {fmt(p)})" if significant(comp) else f"(n.s., p {fmt(p)})"
+    return f"{label(kind) if diff > 0 else label(base)} by {abs(diff):.3f} {sig}"
+
+
+def as_applied(m: Mapping) -> Mapping:
+    """A model's test metrics as heartjax.predict applies it: with the largest-component post-processing where
+    validation chose it, raw otherwise."""
+    lcc = m.get("largest_component_test")
+    return lcc if (lcc and m.get("postprocessing", {}).get("largest_component")) else m
+
+
+def reference_section(scheme: str, models: Mapping, names: list[str]) -> list[str]:
+    """results.md lines setting this run's Dice beside the reference figures for `scheme` (none if unknown)."""
+    ref = REFERENCES.get(scheme)
+    if not ref:
+        return []
+    lines = ["", "## Beside reference figures", "",
+             "| | " + " | ".join(names) + " | mean | what it is |", "|---|" + "---|" * (len(names) + 2)]
+    for k, m in models.items():
+        a = as_applied(m)
+        cells = [f"{fmt(a['per_structure'][n]['dice_mean'])} ± {fmt(a['per_structure'][n]['dice_sd'])}" for n in names]
+        lcc = "with largest-component post-processing" if a is not m else "raw network output"
+        lines.append(f"| this run, {k} | " + " | ".join(cells) + f" | **{fmt(a['mean_dice'])}** | test patients, "
+                     f"mean ± sd, {lcc}; {m['steps']} steps, {m['train_seconds'] / 60:.1f} min of training |")
+    for name, per, mean, what in ref["rows"]:
+        cells = [fmt(per.get(n)) if per else "–" for n in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(mean)} | {what} |")
+    return lines + ["", "What differs:"] + [f"- {d}" for d in ref["differences"]]
+
+
+def _lcc_section(models: Mapping, names: list[str]) -> list[str]:
+    lines = ["", "## Largest-connected-component post-processing (test patients)", "",
+             "Kept for a model only if it raised the mean validation Dice and made no structure worse (nnU-Net's rule).",
+             "", "| structure | " + " | ".join(f"{k} Dice raw → LCC | {k} HD95 mm raw → LCC" for k in models) + " |",
+             "|---|" + "---|---|" * len(models)]
+    for n in names:
+        cells = []
+        for m in models.values():
+            raw, lcc = m["per_structure"][n], m["largest_component_test"]["per_structure"][n]
+            cells += [f"{fmt(raw['dice_mean'])} → {fmt(lcc['dice_mean'])}",
+                      f"{fmt(raw['hd95_mean'], 1)} → {fmt(lcc['hd95_mean'], 1)}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines + ["| kept on validation | " + " | ".join(
+        f"{'yes' if m['postprocessing']['largest_component'] else 'no'} | " for m in models.values()) + " |"]
+
+
+def _comparison_section(results: Mapping) -> list[str]:
+    lines = []
+    for kind, comp in comparisons(results).items():
+        lines += ["", f"## {label(kind)} minus 2D Dice, paired over test patients", "",
+                  "| structure | mean diff | sd | n | Wilcoxon p | paired t p | winner |", "|---|---|---|---|---|---|---|"]
+        for n, c in comp.items():
+            d = c["mean_diff"]
+            winner = "–" if d is None else "tie" if abs(d) < TIE else label(kind) if d > 0 else "2D"
+            if d is not None and abs(d) >= TIE and not significant(c):
+                winner += " (n.s.)"
+            lines.append(f"| {n} | {fmt(d)} | {fmt(c['sd_diff'])} | {c['n']} | "
+                         f"{fmt(c['p_wilcoxon'])} | {fmt(c['p_ttest'])} | {winner} |")
+    if lines:
+        lines += ["", f"With {len(results['test_cases'])} test patients, p-values are indicative only; n.s.: Wilcoxon "
+                  f"p >= {ALPHA} (or too few patients to test), the difference may be chance."]
+    return lines
+
+
+def markdown(results: Mapping, plan, scheme: str) -> str:
+    """results.md of one split."""
+    models, names, split = results["models"], results["label_names"], results["split"]
+    lines = [f"# Slice-wise vs volumetric U-Net ({', '.join(models)}): {results['dataset']}", "",
+             f"Run on {platform.node() or 'unknown host'} ({platform.machine()}, {jax.devices()[0].platform}, "
+             f"{jax.device_count()} device(s)), {datetime.date.today().isoformat()}, seed {results['seed']}, "
+             f"data seed {results['data_seed']}.",
+             f"Patients: {split['train']} train, {split['val']} validation, {split['test']} test (patient-level split; "
+             f"test patients seen by no model).",
+             f"Plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d} x {plan.batch_3d}, "
+             f"2D patch {plan.patch_2d} x {plan.batch_2d} (slices along axis {plan.slice_axis}).", "",
+             "| model | steps | train s | infer s/case | params | mean Dice | whole-heart Dice |", "|---|---|---|---|---|---|---|"]
+    for k, m in models.items():
+        lines.append(f"| {k} | {m['steps']} | {m['train_seconds']:.0f} | {m['infer_seconds_per_case']:.1f} | "
+                     f"{m['params']:,} | {fmt(m['mean_dice'])} | {fmt(m['whole_heart_dice'])} |")
+    lines += ["", "## Per structure (test patients, mean ± sd)", ""] + structure_table(models, names)
+    lines += _lcc_section(models, names) + reference_section(scheme, models, names) + _comparison_section(results)
+    lines += ["", "Metrics: Dice/IoU from whole-volume voxel counts per patient on the original grid; HD95/ASSD in mm "
+              "(a missed structure scores the volume diagonal). See the README for definitions.", ""]
+    return "\n".join(lines)
+
+
+def pooled_markdown(results: Mapping) -> str:
+    """results.md of a cross-validated run."""
+    lines = [f"# {results['cross_validation']}-fold cross-validation: {results['dataset']}", "",
+             f"Every one of {len(results['test_cases'])} patients is scored once, by the models of the fold that "
+             f"held it out. Per-fold details in fold*/results.md.", ""]
+    lines += structure_table(results["models"], results["label_names"]) + _comparison_section(results)
+    return "\n".join(lines) + "\n"
+
+
+def write(workdir: Path, results: Mapping, text: str) -> None:
+    """results.json and results.md, each atomically."""
+    atomic.write_json(workdir / "results.json", results)
+    atomic.write_text(workdir / "results.md", text)
+
+
+def summarize(results: Mapping, workdir: Path, log: Callable = print) -> None:
+    """Print which model won where against the 2D baseline, by how much, and whether the paired test supports it."""
+    models, names = results["models"], results["label_names"]
+    comps = comparisons(results)
+    log("")
+    log(f"Test Dice per structure ({results['dataset']}):")
+    log("  structure " + " ".join(f"{k:>8}" for k in models) + ("   winner" if comps else ""))
+    for n in names:
+        vals = {k: models[k]["per_structure"][n]["dice_mean"] for k in models}
+        verdicts = []
+        for k in comps:
+            diff = None if None in (vals[k], vals.get("2d")) else vals[k] - vals["2d"]
+            verdicts.append(verdict(diff, comps[k].get(n), k))
+        log(f"  {n:9} " + " ".join(f"{fmt(v):>8}" for v in vals.values()) + ("   " + "; ".join(verdicts) if verdicts else ""))
+    log("  mean      " + " ".join(f"{fmt(models[k]['mean_dice']):>8}" for k in models))
+    log("  train s   " + " ".join(f"{models[k]['train_seconds']:8.0f}" for k in models))
+    log(f"Results: {workdir / 'results.md'} (table), {workdir / 'results.json'}, figures in {workdir / 'figures'}")
+    log(f"TensorBoard: tensorboard --logdir {workdir / 'tb'}")

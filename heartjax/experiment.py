@@ -1,0 +1,210 @@
+"""The experiment as a library: 2D, 2.5D and 3D U-Nets trained and scored on the same patients.
+
+    from heartjax import experiment
+    cfg = experiment.config("acdc", data="../shared/data/acdc-ed", overrides=["model.norm=batch"])
+    res = experiment.run(cfg, workdir="runs/bn", kinds=["2d"])
+    res.models["2d"].per_structure["LV"].dice_mean
+
+`run` writes one run folder (config.json, splits.json, plan.json, label_scheme.json, models/KIND.json,
+tb/KIND, checkpoints/KIND, predictions/KIND, eval_KIND.json, results.json, results.md, figures/) and returns
+`heartjax.eval.results.Results`; `run_model` trains and scores one kind on a prepared split. `python -m
+experiments.volumetric` is a command line over these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from heartjax import atomic, presets, specs
+from heartjax import config as config_lib
+from heartjax.config import Config
+from heartjax.data import cases as cases_lib
+from heartjax.data.plan import Plan
+from heartjax.errors import HeartjaxError
+from heartjax.eval import report
+from heartjax.eval.results import ModelResult, Results, compare
+from heartjax.eval.scoring import model_results
+from heartjax.runner import train_and_score
+
+
+def config(preset: str = "default", data: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The validated config of a preset, with `data` as data.dir (None: the phantom) and `key=value` overrides."""
+    if preset not in presets.PRESETS:
+        raise HeartjaxError(f"unknown preset {preset!r}; choose one of {sorted(presets.PRESETS)}")
+    cfg = config_lib.apply_tree(Config(), presets.PRESETS[preset])
+    if data is not None:
+        cfg = config_lib.override(cfg, "data.dir", str(data))
+    return config_lib.validate(config_lib.apply_overrides(cfg, overrides))
+
+
+def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless resume or overwrite."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if resume:
+            if not (workdir / "config.json").exists():
+                raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --workdir")
+            return
+        if not overwrite:
+            raise HeartjaxError(f"run folder {workdir} exists and is not empty; pass --resume to continue it, "
+                                f"--overwrite to replace it, or choose another --workdir")
+        shutil.rmtree(workdir)
+    elif resume:
+        raise HeartjaxError(f"--resume: run folder {workdir} does not exist or is empty; start without --resume")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def load_config(workdir: Path) -> Config:
+    """The validated config a run folder was started with."""
+    try:
+        data = json.loads((Path(workdir) / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise HeartjaxError(f"cannot read {Path(workdir) / 'config.json'} ({e}); is this a heartjax run folder?") from None
+    return config_lib.from_dict(data)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The data side of one split: dataset, scan store, split, plan and preprocessed cases."""
+
+    ds: object
+    store: cases_lib.CaseStore
+    split: dict[str, list[str]]
+    plan: Plan
+    pre: dict
+
+
+def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
+    """Dataset, split and plan (read back from the run folder when it has them), preprocessed cases."""
+    ds = cases_lib.resolve_dataset(cfg.data, log)
+    log(f"dataset: {ds.root} ({ds.layout}, {len(ds.cases)} cases, scheme {ds.scheme.name}, modality {ds.modality})")
+    store = cases_lib.CaseStore(ds)
+    if (workdir / "splits.json").exists() and (workdir / "plan.json").exists():
+        split = json.loads((workdir / "splits.json").read_text())
+        plan = Plan.from_json(json.loads((workdir / "plan.json").read_text()))
+    else:
+        split = cases_lib.make_split(ds, cfg.data)
+        plan = cases_lib.make_plan(store, split["train"], cfg.plan, cfg.data.seed)
+        atomic.write_json(workdir / "splits.json", split)
+        atomic.write_json(workdir / "plan.json", plan.to_json())
+        atomic.write_json(workdir / "label_scheme.json", ds.scheme.to_json())
+    log(f"split: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test patients; "
+        f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
+    pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
+    store.release(split["train"], keep_labels=split["val"] + split["test"], keep_image=tuple(split["test"][:1]))
+    return Prepared(ds, store, split, plan, pre)
+
+
+def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: bool = False,
+              log: Callable = print) -> ModelResult:
+    """Train one kind on the prepared split (resuming from its latest checkpoint), score its best on the test
+    patients; a kind already evaluated in this folder (eval_KIND.json) is read back, not retrained."""
+    done = workdir / f"eval_{kind}.json"
+    if done.exists():
+        log(f"[{kind}] already trained and evaluated; reusing {done.name}")
+        return ModelResult.from_json(kind, json.loads(done.read_text()))
+    spec = specs.build_spec(cfg, prep.plan, kind, prep.ds.scheme.num_classes)
+    (workdir / "models").mkdir(exist_ok=True)
+    atomic.write_json(workdir / "models" / f"{kind}.json", spec.to_json())
+    result = train_and_score(spec, cfg, prep, workdir, resume, log)
+    atomic.write_json(done, result.to_json())
+    return result
+
+
+def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
+    from heartjax.data import nifti
+    from heartjax.eval.summary import plot_case_montage, plot_dice_bars
+
+    names, figs = results.label_names, workdir / "figures"
+    figs.mkdir(exist_ok=True)
+    plot_dice_bars({k: {n: (m.per_structure[n].dice_mean or 0.0) for n in names} for k, m in results.models.items()},
+                   figs / "dice_per_structure.png", title=f"Test Dice per structure ({results.dataset})")
+    case = prep.split["test"][0]
+    vol = prep.store.volume(case)
+    preds = {}
+    for kind in results.models:
+        p = workdir / "predictions" / kind / f"{case}.nii.gz"
+        if p.exists():
+            preds[kind], _ = nifti.load_label_file(p, prep.ds.scheme, reference_grid=vol.grid)
+    if preds and vol.image is not None:
+        plot_case_montage(vol.image, vol.label, preds, figs / f"montage_{case}.png", names, spacing=vol.spacing)
+
+
+def _dataset_name(cfg: Config) -> str:
+    return "phantom-" + cfg.data.phantom_modality if cfg.data.dir is None else str(cfg.data.dir)
+
+
+def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = False,
+              log: Callable = print) -> Results:
+    """Train and score `kinds` on one patient-level split into workdir; write the report."""
+    prep = prepare(cfg, workdir, log)
+    models = {kind: run_model(kind, cfg, prep, workdir, resume, log) for kind in kinds}
+    names = list(prep.ds.scheme.names)
+    results = Results(_dataset_name(cfg), prep.ds.layout, names, models, prep.split["test"], cfg.seed,
+                      cfg.data.seed, {k: len(v) for k, v in prep.split.items()}, comparisons=compare(models, names))
+    data = results.to_json()
+    report.write(workdir, data, report.markdown(data, prep.plan, prep.ds.scheme.name))
+    _write_figures(workdir, results, prep)
+    report.summarize(data, workdir, log)
+    return results
+
+
+def pool_folds(folds: list[Results], workdir: Path, log: Callable = print) -> Results:
+    """Cross-validation results: every patient is a test patient of exactly one fold."""
+    names, first = folds[0].label_names, folds[0]
+    models = {}
+    for kind in first.models:
+        ms = [f.models[kind] for f in folds]
+        per_case = [c for m in ms for c in m.per_case]
+        models[kind] = ModelResult.from_json(kind, model_results(per_case, names, {
+            "steps": ms[0].steps, "train_seconds": float(sum(m.train_seconds for m in ms)),
+            "infer_seconds_per_case": float(np.mean([m.infer_seconds_per_case for m in ms])),
+            "params": ms[0].params, "folds": len(folds),
+            "best_val_dice": float(np.mean([m.best_val_dice for m in ms]))}))
+    results = Results(first.dataset, first.layout, names, models, [c for f in folds for c in f.test_cases],
+                      first.seed, first.data_seed, cross_validation=len(folds), comparisons=compare(models, names))
+    data = results.to_json()
+    report.write(workdir, data, report.pooled_markdown(data))
+    report.summarize(data, workdir, log)
+    return results
+
+
+def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, resume: bool = False,
+        overwrite: bool = False, log: Callable = print) -> Results:
+    """Run the experiment of `cfg` into `workdir` (refused if it holds a run, unless `resume` or `overwrite`).
+
+    kinds: the model kinds to train (default `train.models`). With `resume`, the folder's own config.json is
+    used (validated) and finished models are read back. With data.cross_validate, every fold trains into
+    workdir/foldI and the pooled results of all test patients are returned.
+    """
+    workdir = Path(workdir)
+    prepare_workdir(workdir, resume, overwrite)
+    if resume:
+        cfg = load_config(workdir)
+        log(f"resuming {workdir} with its saved config")
+    else:
+        if kinds is not None:
+            cfg = config_lib.override(cfg, "train.models", tuple(kinds))
+        config_lib.validate(cfg)
+        atomic.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    kinds = cfg.train.models
+    if not cfg.data.cross_validate:
+        return run_split(cfg, workdir, kinds, resume, log)
+    folds = []
+    for fold in range(cfg.data.folds):
+        sub = workdir / f"fold{fold}"
+        log(f"=== fold {fold} of {cfg.data.folds} ===")
+        fold_cfg = config_lib.apply_tree(cfg, {"data": {"fold": fold, "cross_validate": False}})
+        sub.mkdir(exist_ok=True)
+        if not (sub / "config.json").exists():
+            atomic.write_json(sub / "config.json", config_lib.to_dict(fold_cfg))
+        done = sub / "results.json"
+        folds.append(Results.from_json(json.loads(done.read_text())) if done.exists()
+                     else run_split(fold_cfg, sub, kinds, resume, log))
+    return pool_folds(folds, workdir, log)

@@ -1,0 +1,143 @@
+"""Train one model kind on a prepared split and score its best checkpoint on the test patients.
+
+Randomness: `seed` streams "init/KIND", "sample/KIND" and "train/KIND" (the train step folds in the step, then
+"augment" and "dropout"); the fixed validation patches come from `data.seed`'s "val/KIND" stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from heartjax import config as config_lib
+from heartjax import rng
+from heartjax.config import Config
+from heartjax.data import nifti, preprocess
+from heartjax.eval import postprocess, scoring
+from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
+from heartjax.eval.results import ModelResult
+from heartjax.eval.summary import SummaryWriter, overlay_contours
+from heartjax.model.augment import make_augment
+from heartjax.specs import ModelSpec
+from heartjax.train.budget import StepBudget
+from heartjax.train.checkpoint import Checkpointer
+from heartjax.train.hooks import CheckpointHook, EvalHook, LogHook, ProgressHook
+from heartjax.train.loop import LoopState, fit
+from heartjax.train.step import create_train_state, make_optimizer, make_predict_fn, make_train_step, weights
+
+
+def make_val_fn(spec: ModelSpec, predict: Callable, cases, cfg: Config, names) -> Callable:
+    """Validation on fixed patches of the validation patients (nnU-Net's pseudo-Dice): state -> metrics.
+
+    Uses the inference batch, so it shares the compiled predict function with whole-volume inference.
+    """
+    sampler = spec.sampler(cases, rng.seed_for(cfg.data.seed, f"val/{spec.name}"), 0.5, batch=spec.infer_batch)
+    batches = [sampler.batch(i) for i in range(max(1, cfg.train.val_patches // spec.infer_batch))]
+    k = len(names) + 1
+
+    def val_fn(state):
+        total = None
+        for img, lbl in batches:
+            pred = np.asarray(predict(state, img)).argmax(-1)
+            c = jax.device_get(confusion_counts(pred, lbl.astype(np.int32), k))
+            total = c if total is None else add_counts(total, c)
+        m = case_metrics(total, names)
+        dice = [v for v in m["dice"].values() if np.isfinite(v)]
+        return {"dice": float(np.mean(dice)) if dice else 0.0, **{f"dice/{n}": v for n, v in m["dice"].items()}}
+
+    return val_fn
+
+
+def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writer, log: Callable):
+    """Fit the model; returns (graphdef, final state, loop state, checkpointer)."""
+    tx = make_optimizer(cfg.optim)
+    graphdef, state = create_train_state(spec.unet, tx, rng.key(cfg.seed, f"init/{spec.name}"), cfg.train.steps)
+    step_fn = make_train_step(graphdef, tx, make_augment(spec.augment, spec.spatial_dims), cfg.loss, cfg.optim)
+    predict = make_predict_fn(graphdef)
+    ckpt = Checkpointer(workdir / "checkpoints" / spec.name)
+    loop = LoopState()
+    if resume and ckpt.latest_step() is not None:
+        state, meta = ckpt.restore("latest", jax.eval_shape(lambda s: s, state))
+        loop = LoopState.from_json(meta)
+        log(f"[{spec.name}] resuming from step {loop.step}")
+    if loop.step == 0:
+        writer.text("config", "```\n" + config_lib.to_json(cfg) + "\n```")
+        writer.text("plan", "```\n" + json.dumps(prep.plan.to_json(), indent=2) + "\n```")
+    t = cfg.train
+    sampler = spec.sampler([prep.pre[i] for i in prep.split["train"]], rng.seed_for(cfg.seed, f"sample/{spec.name}"),
+                           cfg.sampling.fg_fraction)
+    names = list(prep.ds.scheme.names)
+    val_fn = make_val_fn(spec, predict, [prep.pre[i] for i in prep.split["val"]], cfg, names)
+    hooks = [ProgressHook(f"train {spec.name}", loop.step, t.log_every), LogHook(writer, t.log_every),
+             EvalHook(val_fn, t.eval_every, t.ema_decay, writer), CheckpointHook(ckpt, t.eval_every)]
+    budget = StepBudget(t.max_seconds, t.steps) if t.max_seconds else None
+    state, loop = fit(state, step_fn, sampler, rng.key(cfg.seed, f"train/{spec.name}"), loop, num_steps=t.steps,
+                      hooks=hooks, budget=budget)
+    return predict, state, loop, ckpt
+
+
+def _decide_postprocessing(spec, predict, best, prep, names) -> dict:
+    """nnU-Net's rule on the validation patients: keep the largest component per structure only if it helps."""
+    cases = []
+    for cid in prep.split["val"]:
+        vol = prep.store.volume(cid)
+        probs = spec.predict_volume(lambda x: predict(best, x), prep.pre[cid].image)
+        cases.append((preprocess.restore(probs, prep.pre[cid]), vol.label, vol.spacing, cid))
+    return postprocess.decide(cases, names)
+
+
+def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool = False,
+                    log: Callable = print) -> ModelResult:
+    """Train `spec` (resuming from its latest checkpoint), restore its best weights, score the test patients."""
+    kind, scheme = spec.name, prep.ds.scheme
+    names = list(scheme.names)
+    writer = SummaryWriter(workdir / "tb" / kind)
+    predict, state, loop, ckpt = _train(spec, cfg, prep, workdir, resume, writer, log)
+    best, _ = ckpt.restore("best", jax.eval_shape(weights, state))
+    ckpt.close()
+    log(f"[{kind}] trained {loop.step} steps in {loop.train_seconds:.0f} s; best EMA val Dice {loop.best_ema:.3f} "
+        f"at step {loop.best_step}; evaluating {len(prep.split['test'])} test patients")
+    decision = _decide_postprocessing(spec, predict, best, prep, names)
+    log(f"[{kind}] largest-component post-processing on validation: "
+        f"{'kept' if decision['largest_component'] else 'not kept'}")
+    per_case, per_case_pp, infer_seconds = [], [], []
+    pred_dir = workdir / "predictions" / kind
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for i, cid in enumerate(prep.split["test"]):
+        vol, pre = prep.store.volume(cid), prep.pre[cid]
+        t0 = time.perf_counter()
+        probs = spec.predict_volume(lambda x: predict(best, x), pre.image)
+        labels = preprocess.restore(probs, pre)
+        infer_seconds.append(time.perf_counter() - t0)
+        per_case.append(scoring.score_case(labels, vol.label, vol.spacing, names, cid))
+        per_case_pp.append(scoring.score_case(postprocess.keep_largest_component(labels), vol.label, vol.spacing,
+                                              names, cid))
+        if cfg.infer.save_predictions:
+            nifti.save_label(pred_dir / f"{cid}.nii.gz", labels, vol.grid, scheme, overwrite=True)
+        if i == 0:
+            axis = prep.plan.slice_axis
+            mid = int(np.argmax((pre.label > 0).sum(axis=tuple(a for a in range(3) if a != axis))))
+            take = lambda a: np.take(a, mid, axis=axis)
+            writer.image(loop.step, "test/overlay", overlay_contours(take(pre.image), take(pre.label),
+                                                                     take(np.argmax(probs, -1)), scheme.num_classes))
+    result = scoring.model_results(per_case, names, {
+        "steps": loop.step, "train_seconds": loop.train_seconds,
+        "infer_seconds_per_case": float(np.mean(infer_seconds)), "best_step": int(loop.best_step),
+        "params": int(sum(x.size for x in jax.tree.leaves(best["params"]))),
+        "best_val_dice": float(loop.best_ema), "postprocessing": decision,
+    })
+    pp = scoring.model_results(per_case_pp, names)
+    result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"]}
+    writer.scalars(loop.step, {f"test/dice/{n}": v["dice_mean"] for n, v in result["per_structure"].items()
+                               if v["dice_mean"] is not None})
+    hp = {"kind": kind, "features": spec.unet.features, "steps": loop.step, "lr": cfg.optim.lr,
+          "optimizer": cfg.optim.name, "seed": cfg.seed}
+    writer.hparams(hp, {"hparam/test_mean_dice": result["mean_dice"] or 0.0,
+                        "hparam/test_whole_heart_dice": result["whole_heart_dice"] or 0.0})
+    writer.close()
+    return ModelResult.from_json(kind, result)

@@ -1,0 +1,74 @@
+"""The fit loop's periodic parts (heartjax.train.loop.Hook): progress bar, TensorBoard, validation, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from heartjax.train.loop import Hook, Point
+from heartjax.train.step import weights
+
+
+class ProgressHook(Hook):
+    """A tqdm bar over the planned steps, with the loss at log points."""
+
+    def __init__(self, desc: str, start: int, every: int):
+        from tqdm import tqdm
+
+        self.every = every
+        self.bar = tqdm(initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+    def on_step(self, step: int) -> None:
+        self.bar.update(1)
+
+    def on_plan(self, steps: int) -> None:
+        self.bar.total = steps
+        self.bar.refresh()
+
+    def __call__(self, point: Point) -> None:
+        self.bar.set_postfix(loss=f"{point.metrics['loss']:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class LogHook(Hook):
+    """Training metrics as TensorBoard scalars `train/<name>`."""
+
+    def __init__(self, writer, every: int):
+        self.writer, self.every = writer, every
+
+    def __call__(self, point: Point) -> None:
+        self.writer.scalars(point.step, {f"train/{k}": v for k, v in point.metrics.items()})
+
+
+class EvalHook(Hook):
+    """Validation: `eval_fn(state) -> {"dice": mean, "dice/<name>": ...}`; its EMA picks the best step.
+
+    Updates the loop state's ema, best_ema, best_step and history, and logs `val/...` scalars when a writer is given.
+    """
+
+    def __init__(self, eval_fn: Callable, every: int, ema_decay: float, writer=None):
+        self.eval_fn, self.every, self.decay, self.writer = eval_fn, every, ema_decay, writer
+
+    def __call__(self, point: Point) -> None:
+        loop, val = point.loop, self.eval_fn(point.state)
+        loop.ema = val["dice"] if loop.ema is None else self.decay * loop.ema + (1 - self.decay) * val["dice"]
+        loop.history.append({"step": point.step, "loss": point.metrics["loss"],
+                             **{f"val_{k}": v for k, v in val.items()}, "val_ema": loop.ema})
+        if self.writer is not None:
+            self.writer.scalars(point.step, {**{f"val/{k}": v for k, v in val.items()}, "val/dice_ema": loop.ema})
+        if loop.ema > loop.best_ema:
+            loop.best_ema, loop.best_step = loop.ema, point.step
+
+
+class CheckpointHook(Hook):
+    """The "latest" train state with the loop state; the "best" weights when the last evaluation improved."""
+
+    def __init__(self, checkpointer, every: int):
+        self.checkpointer, self.every = checkpointer, every
+
+    def __call__(self, point: Point) -> None:
+        meta = point.loop.to_json()
+        if point.loop.best_step == point.step:
+            self.checkpointer.save("best", point.step, weights(point.state), meta)
+        self.checkpointer.save("latest", point.step, point.state, meta)

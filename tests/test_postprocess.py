@@ -1,0 +1,154 @@
+"""Largest-connected-component post-processing on hand-built label maps, and the rule that decides on it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from heartjax.eval.postprocess import decide, keep_largest_component
+
+SPACING = (1.0, 1.0, 2.0)
+
+
+def cube(volume, lo, size, value):
+    """Set a size^3 cube with its low corner at lo to value (in place) and return the volume."""
+    volume[tuple(slice(a, a + size) for a in lo)] = value
+    return volume
+
+
+def test_keeps_the_larger_of_two_blobs():
+    labels = np.zeros((12, 12, 12), np.uint8)
+    cube(labels, (1, 1, 1), 3, 1)  # 27 voxels
+    cube(labels, (8, 8, 8), 2, 1)  # 8 voxels, far away
+    out = keep_largest_component(labels)
+    expected = cube(np.zeros_like(labels), (1, 1, 1), 3, 1)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_smaller_blob_first_in_scan_order_is_the_one_removed():
+    labels = np.zeros((12, 12, 12), np.uint8)
+    cube(labels, (0, 0, 0), 2, 3)  # 8 voxels, labelled first by the scan
+    cube(labels, (6, 6, 6), 4, 3)  # 64 voxels
+    out = keep_largest_component(labels)
+    assert int((out == 3).sum()) == 64 and not out[:2, :2, :2].any()
+
+
+def test_other_classes_untouched():
+    labels = np.zeros((14, 14, 14), np.uint8)
+    cube(labels, (1, 1, 1), 3, 1)
+    cube(labels, (10, 10, 10), 2, 1)  # stray class-1 blob
+    cube(labels, (1, 9, 1), 3, 2)
+    cube(labels, (9, 1, 9), 2, 2)  # a second class-2 blob
+    cube(labels, (6, 6, 6), 1, 2)  # and a third, one voxel
+    only_one = keep_largest_component(labels, classes=[1])
+    assert int((only_one == 1).sum()) == 27
+    np.testing.assert_array_equal(only_one == 2, labels == 2)  # class 2 keeps all three blobs
+    every = keep_largest_component(labels)  # default: every foreground class
+    assert int((every == 1).sum()) == 27 and int((every == 2).sum()) == 27
+    np.testing.assert_array_equal(every == 2, cube(np.zeros_like(labels), (1, 9, 1), 3, 1) == 1)
+    # an absent class in `classes` is skipped
+    np.testing.assert_array_equal(keep_largest_component(labels, classes=[5]), labels)
+
+
+def test_touching_blobs_of_different_classes_do_not_merge():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    cube(labels, (0, 0, 0), 3, 1)
+    cube(labels, (3, 0, 0), 3, 2)  # touches class 1 face to face
+    np.testing.assert_array_equal(keep_largest_component(labels), labels)
+
+
+def test_26_connectivity_diagonal_neighbours_are_one_component():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    for i in range(3):  # a chain touching only at corners: one component of 3 under 26-connectivity
+        labels[i, i, i] = 1
+    labels[7, 7, 7] = labels[7, 7, 8] = 1  # a face-connected pair: 2 voxels
+    out = keep_largest_component(labels)
+    assert all(out[i, i, i] == 1 for i in range(3))
+    assert out[7, 7, 7] == 0 and out[7, 7, 8] == 0  # under 6-connectivity the pair would have won
+
+
+def test_2d_input_uses_8_connectivity():
+    labels = np.zeros((8, 8), np.int32)
+    labels[0, 0] = labels[1, 1] = labels[2, 2] = 4  # diagonal chain of 3
+    labels[6, 5] = labels[6, 6] = 4  # a pair
+    labels[4, 0] = 2  # a single voxel of another class
+    out = keep_largest_component(labels)
+    assert out.shape == (8, 8)
+    expected = np.zeros_like(labels)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = 4
+    expected[4, 0] = 2
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_dtype_preserved_and_input_not_modified(dtype):
+    labels = np.zeros((9, 9, 9), dtype)
+    cube(labels, (0, 0, 0), 3, 1)
+    cube(labels, (6, 6, 6), 2, 1)
+    cube(labels, (0, 6, 0), 2, 7)
+    before = labels.copy()
+    out = keep_largest_component(labels)
+    assert out.dtype == dtype and out is not labels
+    np.testing.assert_array_equal(labels, before)  # the input is left alone
+    assert int((out == 1).sum()) == 27 and int((out == 7).sum()) == 8
+
+
+def test_single_component_and_empty_maps_are_unchanged():
+    labels = cube(np.zeros((6, 6, 6), np.uint8), (1, 1, 1), 3, 2)
+    np.testing.assert_array_equal(keep_largest_component(labels), labels)
+    empty = np.zeros((4, 4, 4), np.uint8)
+    np.testing.assert_array_equal(keep_largest_component(empty), empty)
+
+
+# ---- decide: nnU-Net's rule (mean Dice must improve and no structure may get worse) ----
+
+def truth_volume():
+    """Structure A (index 1): a 4^3 cube; structure B (index 2): a 3^3 cube, far apart."""
+    truth = np.zeros((16, 16, 16), np.uint8)
+    cube(truth, (2, 2, 2), 4, 1)
+    cube(truth, (10, 10, 10), 3, 2)
+    return truth
+
+
+def test_decide_keeps_when_removing_a_stray_blob_helps():
+    truth = truth_volume()
+    stray = cube(truth.copy(), (12, 2, 2), 2, 1)  # 8 false-positive A voxels far from the real A
+    cases = [(stray, truth, SPACING, "c1"), (truth.copy(), truth, SPACING, "c2")]
+    result = decide(cases, ["A", "B"])
+    # c1 before: A has tp 64, fp 8, fn 0 -> 2*64 / (2*64 + 8) = 16/17; c2 is perfect. After: both perfect.
+    assert result["largest_component"] is True
+    assert result["dice_before"]["A"] == pytest.approx((16 / 17 + 1) / 2, abs=1e-12)
+    assert result["dice_before"]["B"] == pytest.approx(1.0)
+    assert result["dice_after"] == pytest.approx({"A": 1.0, "B": 1.0})
+    json.dumps(result, allow_nan=False)  # JSON-ready
+
+
+def test_decide_refuses_when_a_true_second_component_is_removed():
+    truth = cube(truth_volume(), (12, 2, 2), 2, 1)  # A really has two parts: 64 + 8 voxels
+    result = decide([(truth.copy(), truth, SPACING, "c1")], ["A", "B"])
+    # after: A loses its true 8-voxel part: tp 64, fn 8 -> 128 / 136 = 16/17
+    assert result["largest_component"] is False
+    assert result["dice_before"] == pytest.approx({"A": 1.0, "B": 1.0})
+    assert result["dice_after"]["A"] == pytest.approx(16 / 17, abs=1e-12)
+    assert result["dice_after"]["B"] == pytest.approx(1.0)
+
+
+def test_decide_refuses_when_the_mean_improves_but_one_structure_gets_worse():
+    truth = cube(truth_volume(), (12, 2, 2), 2, 1)  # A: 64 + 8 true voxels
+    pred = cube(truth.copy(), (2, 12, 12), 2, 2)  # B: 27 true voxels plus an 8-voxel stray blob
+    result = decide([(pred, truth, SPACING, "c1")], ["A", "B"])
+    before, after = result["dice_before"], result["dice_after"]
+    # B before: 2*27 / (2*27 + 8) = 27/31; after 1. A before 1; after 16/17 (its true small part is lost).
+    assert before == pytest.approx({"A": 1.0, "B": 27 / 31}, abs=1e-12)
+    assert after == pytest.approx({"A": 16 / 17, "B": 1.0}, abs=1e-12)
+    assert (after["A"] + after["B"]) / 2 > (before["A"] + before["B"]) / 2  # the mean does improve
+    assert result["largest_component"] is False  # but A got worse
+
+
+def test_decide_skips_a_structure_absent_everywhere():
+    truth = truth_volume()
+    stray = cube(truth.copy(), (12, 2, 2), 2, 1)
+    result = decide([(stray, truth, SPACING, "c1")], ["A", "B", "C"])  # C is in neither map
+    assert result["dice_before"]["C"] is None and result["dice_after"]["C"] is None
+    assert result["dice_before"]["A"] == pytest.approx(16 / 17, abs=1e-12)
+    assert result["largest_component"] is True
