@@ -194,7 +194,7 @@ def test_auto_resolves_per_backend_and_explicit_impls_stay():
     assert "planes-plain" not in conv_lib.IMPLS  # an A/B variant, not a model.conv_impl value
     x, w, _ = make(CASES[0])
     np.testing.assert_allclose(conv_lib.conv(x, w), reference(x, w, 1, "SAME"), rtol=1e-5, atol=1e-5)
-    assert not any(hasattr(conv_lib, n) for n in ("set_default_impl", "get_default_impl", "_MATERIALISE"))
+    assert not [n for n in dir(conv_lib) if "default_impl" in n or "MATERIALISE" in n]  # no mutable switches
 
 
 def test_impl_is_part_of_the_jit_cache_key():

@@ -230,3 +230,19 @@ def test_learning_rate_schedules():
     # a shorter total (a wall-time budget) decays sooner without changing the warm-up
     assert float(learning_rate(adam, 60, 60)) < float(learning_rate(adam, 60, 110))
     assert float(learning_rate(adam, 5, 60)) == float(learning_rate(adam, 5, 110))
+
+
+def test_train_step_updates_batch_statistics():
+    """model.norm=batch: the step runs under jit + grad and returns updated running statistics."""
+    cfg = UNetConfig(spatial_dims=2, num_classes=3, features=4, max_features=8, depth=2, norm="batch")
+    ocfg = OptimConfig(name="adamw", lr=1e-3)
+    tx = make_optimizer(ocfg)
+    graphdef, state = create_train_state(cfg, tx, seed=0, total_steps=10)
+    before = [np.asarray(x) for x in jax.tree.leaves(state["rest"])]
+    step = make_train_step(graphdef, tx, None, LossConfig(), ocfg)
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype(np.float32) + 3.0
+    labels = np.zeros((2, 16, 16), np.uint8)
+    state, metrics = step(state, (images, labels), jax.random.key(0))
+    after = [np.asarray(x) for x in jax.tree.leaves(state["rest"])]
+    assert before and len(before) == len(after) and np.isfinite(float(metrics["loss"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))

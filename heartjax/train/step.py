@@ -122,7 +122,9 @@ def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossCon
             images, labels = augment_batch(augment_fn, k_aug, images, labels)
 
         def objective(params):
-            model = nnx.merge(graphdef, params, state["rest"])
+            # Fresh variables for the non-trainable state (batch statistics) inside this trace: NNX refuses to
+            # update a variable created at the outer (jit) trace level from inside the gradient's trace.
+            model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state["rest"]))
             out = model(images, train=True, key=k_drop)
             loss = losses.deep_supervision_loss(out, labels, loss_fn)
             return loss, nnx.state(model, nnx.Not(nnx.Param))

@@ -1,0 +1,150 @@
+"""The typed config tree: presets, override parsing, validation naming the key, JSON round trip, the split."""
+
+import dataclasses
+
+import pytest
+
+from heartjax import config as config_lib
+from heartjax import experiment, presets, rng, specs
+from heartjax.config import Config, DataConfig
+from heartjax.data import cases as cases_lib
+from heartjax.data.datasets import Case
+from heartjax.data.plan import Plan
+from heartjax.errors import HeartjaxError
+
+
+@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
+def test_every_preset_validates_and_round_trips(preset):
+    cfg = experiment.config(preset)
+    assert isinstance(cfg, Config)
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
+
+
+def test_default_preset_is_the_config_defaults():
+    assert experiment.config("default") == Config()
+    assert Config().train.models == ("2d", "3d")  # 2.5d only on request: ./run.sh costs what it did
+
+
+@pytest.mark.parametrize("text, value", [
+    ("3", 3), ("3.5", 3.5), ("1e-3", 1e-3), ("true", True), ("False", False), ("none", None), ("null", None),
+    ("[1, 2]", [1, 2]), ("(1, 2)", (1, 2)), ("'x'", "x"), ("batch", "batch"), ("../a/b", "../a/b"),
+])
+def test_parse_value(text, value):
+    assert config_lib.parse_value(text) == value
+
+
+def test_overrides_set_typed_values():
+    cfg = config_lib.apply_overrides(Config(), ["model.norm=batch", "plan.patch_3d=[32, 32, 32]", "train.max_seconds=60",
+                                               "data.dir=../x", "model_25d.slices=7", "optim.lr=1e-3", "seed=3"])
+    assert cfg.model.norm == "batch" and cfg.plan.patch_3d == (32, 32, 32) and cfg.train.max_seconds == 60
+    assert cfg.data.dir == "../x" and cfg.model_25d.slices == 7 and cfg.optim.lr == 1e-3 and cfg.seed == 3
+    assert Config().model.norm == "instance"  # frozen: the original is untouched
+    hash(cfg)  # lists became tuples
+
+
+@pytest.mark.parametrize("item, words", [
+    ("train.stepz=3", ["'train.stepz'", "steps"]),
+    ("model=3", ["'model' is a group", "features"]),
+    ("train.steps.x=3", ["'train.steps.x'"]),
+    ("nodots", ["key.subkey=value"]),
+])
+def test_bad_override_names_the_key(item, words):
+    with pytest.raises(HeartjaxError) as e:
+        config_lib.apply_overrides(Config(), [item])
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("item, words", [
+    ("train.steps=0", ["train.steps=0", "positive integer"]),
+    ("seed=-1", ["seed=-1"]),
+    ("data.seed=x", ["data.seed='x'"]),
+    ("data.fold=5", ["data.fold=5", "0..data.folds-1"]),
+    ("train.models=['2d', '4d']", ["train.models", "2.5d"]),
+    ("model_25d.slices=4", ["model_25d.slices=4", "odd"]),
+    ("infer.overlap=1.0", ["infer.overlap"]),
+    ("plan.patch_2d=[16]", ["plan.patch_2d"]),
+    ("model.norm=foo", ["model.norm", "instance"]),
+    ("model_3d.features=0", ["model_3d", "features"]),
+    ("model.conv_impl=fast", ["model.conv_impl", "planes"]),
+    ("optim.name=adam", ["optim", "sgd"]),
+    ("augment.rotation_p=2", ["rotation_p"]),
+    ("train.ema_decay=1", ["train.ema_decay"]),
+])
+def test_validation_names_the_key_and_what_is_allowed(item, words):
+    with pytest.raises(HeartjaxError) as e:
+        experiment.config("smoke", overrides=[item])
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(HeartjaxError, match="unknown preset 'nope'.*smoke"):
+        experiment.config("nope")
+
+
+def test_a_saved_config_is_validated_on_resume(tmp_path):
+    """--resume reads config.json through the same validation (a hand-edited bad value is named)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    data = config_lib.to_dict(experiment.config("smoke"))
+    data["train"]["steps"] = -5
+    (run / "config.json").write_text(__import__("json").dumps(data))
+    with pytest.raises(HeartjaxError, match="train.steps=-5"):
+        experiment.run(experiment.config("smoke"), run, resume=True)
+    assert config_lib.from_dict({"seed": 4}) == dataclasses.replace(Config(), seed=4)  # older files: defaults
+
+
+def test_kind_sections_overlay_the_shared_model():
+    cfg = experiment.config("default", overrides=["model.norm=batch", "model_3d.norm=group"])
+    assert config_lib.unet_settings(cfg, "2d")["norm"] == "batch"
+    assert config_lib.unet_settings(cfg, "3d")["norm"] == "group"
+    assert config_lib.unet_settings(cfg, "2d")["features"] == 16 and config_lib.unet_settings(cfg, "3d")["features"] == 8
+
+
+def _plan():
+    return Plan(target_spacing=(2.0, 2.0, 4.0), modality="ct", normalization="ct", ct_clip=(-100.0, 300.0),
+                ct_mean=50.0, ct_std=80.0, slice_axis=2, patch_3d=(16, 16, 8), batch_3d=2,
+                strides_3d=((2, 2, 1), (2, 2, 2)), kernels_3d=((3, 3, 1), (3, 3, 3), (3, 3, 3)), patch_2d=(16, 16),
+                batch_2d=4, strides_2d=((2, 2), (2, 2)), kernels_2d=((3, 3),) * 3, depth=2)
+
+
+def test_specs_hold_what_differs_between_kinds():
+    cfg = experiment.config("smoke", overrides=["model_25d.slices=5"])
+    s2, s25, s3 = (specs.build_spec(cfg, _plan(), k, 8) for k in ("2d", "2.5d", "3d"))
+    assert (s2.unet.spatial_dims, s2.unet.in_channels, s2.context, s2.slice_axis) == (2, 1, 1, 2)
+    assert (s25.unet.spatial_dims, s25.unet.in_channels, s25.context, s25.patch, s25.batch) == (2, 5, 5, (16, 16), 4)
+    assert s25.augment.joint_channels and not s2.augment.joint_channels and s2.augment.rotation_axes is None
+    assert (s3.unet.spatial_dims, s3.slice_axis, s3.patch, s3.unet.strides) == (3, None, (16, 16, 8), ((2, 2, 1), (2, 2, 2)))
+    for s in (s2, s25, s3):
+        assert specs.ModelSpec.from_json(s.to_json()) == s
+    with pytest.raises(HeartjaxError, match="unknown model kind '4d'"):
+        specs.build_spec(cfg, _plan(), "4d", 8)
+
+
+class _DS:
+    def __init__(self, n):
+        self.cases = tuple(Case(f"p{i:02d}", f"p{i:02d}", None, None) for i in range(n))
+
+
+def test_split_is_patient_level_and_depends_on_the_data_seed_only():
+    ds = _DS(20)
+    d = DataConfig(folds=5, fold=1, val_cases=2)
+    a, b = cases_lib.make_split(ds, d), cases_lib.make_split(ds, d)
+    assert a == b
+    assert len(a["test"]) == 4 and len(a["val"]) == 2 and len(a["train"]) == 14
+    assert sorted(a["train"] + a["val"] + a["test"]) == [c.case_id for c in ds.cases]
+    tests = [set(cases_lib.make_split(ds, dataclasses.replace(d, fold=f))["test"]) for f in range(5)]
+    assert set().union(*tests) == {c.case_id for c in ds.cases} and sum(map(len, tests)) == 20  # folds partition
+    other = cases_lib.make_split(ds, dataclasses.replace(d, seed=1))
+    assert other["test"] != a["test"] or other["val"] != a["val"]
+    with pytest.raises(HeartjaxError, match="data.val_cases=16"):
+        cases_lib.make_split(ds, dataclasses.replace(d, val_cases=16))
+
+
+def test_named_streams_are_stable_and_distinct():
+    assert rng.stream_id("init/2d") == __import__("zlib").crc32(b"init/2d")
+    assert rng.seed_for(0, "split") == rng.seed_for(0, "split") != rng.seed_for(0, "split/val")
+    assert rng.seed_for(0, "split") != rng.seed_for(1, "split")
+    k = lambda s, n: tuple(__import__("jax").random.key_data(rng.key(s, n)).tolist())
+    assert k(0, "init/2d") != k(0, "init/3d") and k(0, "init/2d") != k(1, "init/2d") and k(0, "a") == k(0, "a")
