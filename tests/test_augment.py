@@ -257,3 +257,25 @@ def test_config_accepts_lists_and_make_augment_checks_dims_and_shapes():
     image, label = sample((8, 8))
     with pytest.raises(HeartjaxError, match="label"):
         make_augment(AugmentConfig(), 2)(jax.random.key(0), image, label[:4])
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "gamma", "gamma_inverted", "blur", "lowres"])
+def test_joint_channels_apply_one_draw_to_every_channel(name):
+    """2.5D neighbour slices as channels: with joint_channels, identical channels stay identical; without, they
+    are augmented each with its own draw (for at least one of several keys)."""
+    base = {f.name: 0.0 for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_p")}
+    on = {f"{name}_p": 1.0, **({f"{name}_p_per_channel": 1.0} if name in ("blur", "lowres") else {})}
+    x = np.random.default_rng(0).normal(size=(12, 12, 1)).astype(np.float32) + 2.0
+    image = jnp.asarray(np.repeat(x, 3, axis=-1))
+    label = jnp.zeros((12, 12), jnp.int32)
+    joint = make_augment(AugmentConfig(**{**base, **on}, joint_channels=True), 2)
+    apart = make_augment(AugmentConfig(**{**base, **on}), 2)
+    differs = acted = False
+    for k in range(4):
+        out, _ = joint(jax.random.key(k), image, label)
+        np.testing.assert_allclose(out[..., 1], out[..., 0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out[..., 2], out[..., 0], rtol=0, atol=1e-6)
+        acted |= not np.allclose(out[..., 0], x[..., 0])
+        sep, _ = apart(jax.random.key(k), image, label)
+        differs |= not np.allclose(sep[..., 0], sep[..., 1], atol=1e-6)
+    assert acted and differs  # the transform did act, and without joint_channels the channels part ways

@@ -92,3 +92,37 @@ def test_fixed_batch_shape():
 
     sliding_window_predict(predict, np.zeros((20, 20, 20), np.float32), (8, 8, 8), 2, batch_size=4)
     assert len(set(shapes)) == 1
+
+
+def test_context_slices_are_neighbours_with_edges_replicated():
+    """2.5D: channel j of a sample is slice s - K//2 + j (clipped into the volume); the label is slice s's."""
+    shape = (12, 10, 5)
+    img = np.broadcast_to(np.arange(5, dtype=np.float32), shape).copy()  # voxel value = its slice index (axis 2)
+    lbl = np.zeros(shape, np.uint8)
+    lbl[..., 0] = 1  # a structure only on the first slice: foreground samples sit on slice 0
+    c = Preprocessed("c", img, lbl, ((0, 1),) * 3, shape, (1, 1, 1))
+    s = PatchSampler([c], (12, 10), 4, seed=3, spatial_dims=2, slice_axis=2, context=3, fg_fraction=1.0)
+    images, labels = s.batch(0)
+    assert images.shape == (4, 12, 10, 3) and labels.shape == (4, 12, 10)
+    for x, y in zip(images, labels):
+        assert y.all()  # the centre slice (0) is the labelled one
+        np.testing.assert_array_equal(x[0, 0], [0.0, 0.0, 1.0])  # slice -1 replicated from slice 0
+    plain = PatchSampler([c], (12, 10), 4, seed=3, spatial_dims=2, slice_axis=2, fg_fraction=1.0)
+    np.testing.assert_array_equal(plain.batch(0)[0][..., 0], images[..., 1])  # K=1 is the centre channel
+    with pytest.raises(Exception, match="odd"):
+        PatchSampler([c], (12, 10), 4, seed=3, spatial_dims=2, context=2)
+
+
+def test_slicewise_predict_with_context_sees_the_neighbours():
+    """A model that returns its K input channels as class scores: the probabilities show which slices it saw."""
+    image = np.broadcast_to(np.arange(4, dtype=np.float32), (6, 5, 4)).copy()  # value = slice index (axis 2)
+    seen = []
+
+    def predict(x):
+        seen.append(x.shape)
+        return x  # [B, u, v, 3] read as 3 "classes"
+
+    probs = slicewise_predict(predict, image, 2, (6, 5), 3, overlap=0.0, batch_size=2, context=3)
+    assert all(s[-1] == 3 for s in seen) and probs.shape == (6, 5, 4, 3)
+    for z in range(4):
+        np.testing.assert_allclose(probs[0, 0, z], [max(z - 1, 0), z, min(z + 1, 3)])
