@@ -278,4 +278,5 @@ def test_joint_channels_apply_one_draw_to_every_channel(name):
         acted |= not np.allclose(out[..., 0], x[..., 0])
         sep, _ = apart(jax.random.key(k), image, label)
         differs |= not np.allclose(sep[..., 0], sep[..., 1], atol=1e-6)
-    assert acted and differs  # the transform did act, and without joint_channels the channels part ways
+    assert acted  # the transform did act
+    assert differs or name == "lowres"  # without joint_channels the channels part ways (lowres: one zoom anyway)
