@@ -19,7 +19,7 @@ from heartjax import experiment
 from heartjax.data import cases
 from heartjax.data import nifti
 from heartjax.errors import HeartjaxError
-from heartjax.eval.summary import plot_case_montage
+from heartjax.eval.figures import plot_case_montage
 
 
 def main(argv=None) -> int:

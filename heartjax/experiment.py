@@ -119,7 +119,7 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
 
 def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
     from heartjax.data import nifti
-    from heartjax.eval.summary import plot_case_montage, plot_dice_bars
+    from heartjax.eval.figures import plot_case_montage, plot_dice_bars
 
     names, figs = results.label_names, workdir / "figures"
     figs.mkdir(exist_ok=True)

@@ -21,7 +21,8 @@ from heartjax.data import nifti, preprocess
 from heartjax.eval import postprocess, scoring
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
 from heartjax.eval.results import ModelResult
-from heartjax.eval.summary import SummaryWriter, overlay_contours
+from heartjax.eval.figures import overlay_contours
+from heartjax.train.tensorboard import SummaryWriter
 from heartjax.model.augment import make_augment
 from heartjax.specs import ModelSpec
 from heartjax.train.budget import StepBudget

@@ -8,8 +8,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from heartjax.eval.summary import (CLASS_COLORS, SummaryWriter, orthogonal_slices, overlay_contours, plot_case_montage,
-                              plot_dice_bars)
+from heartjax.eval.figures import CLASS_COLORS, orthogonal_slices, overlay_contours, plot_case_montage, plot_dice_bars
+from heartjax.train.tensorboard import SummaryWriter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
