@@ -18,6 +18,7 @@ import jax
 
 from heartjax import experiment, presets
 from heartjax.errors import HeartjaxError
+from heartjax.train import parallel
 
 
 def parse_args(argv):
@@ -33,6 +34,10 @@ def parse_args(argv):
     p.add_argument("--fold", type=int, default=None, help="which fold is the test fold (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --workdir")
+    g = p.add_argument_group("several processes (jax.distributed; detected on SLURM, Open MPI and TPU pods)")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0")
+    g.add_argument("--num-processes", type=int, default=None, help="how many processes take part")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes - 1")
     return p.parse_args(argv)
 
 
@@ -53,6 +58,8 @@ def overrides_of(args) -> list[str]:
 def cli(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+        log = print if jax.process_index() == 0 else (lambda *a, **k: None)
         if args.resume:
             if args.workdir is None:
                 raise HeartjaxError("--resume needs --workdir: the run folder to continue")
@@ -61,8 +68,9 @@ def cli(argv=None) -> int:
             cfg = experiment.config(args.preset, data=args.data, overrides=overrides_of(args))
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         workdir = args.workdir or Path("runs") / f"volumetric-{stamp}"
-        print(f"run folder: {workdir}  (preset {args.preset}; JAX devices: {jax.devices()})", flush=True)
-        experiment.run(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
+        log(f"run folder: {workdir}  (preset {args.preset})", flush=True)
+        parallel.report_devices(log)
+        experiment.run(cfg, workdir, resume=args.resume, overwrite=args.overwrite, log=log)
     except HeartjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from heartjax.eval import report
 from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
 from heartjax.runner import train_and_score
+from heartjax.train.parallel import sync
 
 
 def config(preset: str = "default", data: str | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -44,8 +45,14 @@ def config(preset: str = "default", data: str | None = None, overrides: Sequence
     return config_lib.validate(config_lib.apply_overrides(cfg, overrides))
 
 
+def _primary() -> bool:
+    """Whether this process writes the run folder (process 0 of a multi-process run; always with one process)."""
+    return jax.process_index() == 0
+
+
 def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless resume or overwrite."""
+    """Refuse to clobber an existing run unless resume or overwrite (every process checks; process 0 acts)."""
+    clear = False
     if workdir.exists() and any(workdir.iterdir()):
         if resume:
             if not (workdir / "config.json").exists():
@@ -54,10 +61,15 @@ def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise HeartjaxError(f"run folder {workdir} exists and is not empty; pass --resume to continue it, "
                                 f"--overwrite to replace it, or choose another --workdir")
-        shutil.rmtree(workdir)
+        clear = True
     elif resume:
         raise HeartjaxError(f"--resume: run folder {workdir} does not exist or is empty; start without --resume")
-    workdir.mkdir(parents=True, exist_ok=True)
+    sync("workdir-checked")
+    if _primary():
+        if clear:
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    sync("workdir-ready")
 
 
 def load_config(workdir: Path) -> Config:
@@ -82,6 +94,9 @@ class Prepared:
 
 def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
     """Dataset, split and plan (read back from the run folder when it has them), preprocessed cases."""
+    if _primary():  # writes the phantom once, if needed
+        cases_lib.resolve_dataset(cfg.data, log)
+    sync("dataset")
     ds = cases_lib.resolve_dataset(cfg.data, log)
     log(f"dataset: {ds.root} ({ds.layout}, {len(ds.cases)} cases, scheme {ds.scheme.name}, modality {ds.modality})")
     store = cases_lib.CaseStore(ds)
@@ -89,11 +104,12 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
         split = json.loads((workdir / "splits.json").read_text())
         plan = Plan.from_json(json.loads((workdir / "plan.json").read_text()))
     else:
-        split = cases_lib.make_split(ds, cfg.data)
+        split = cases_lib.make_split(ds, cfg.data)  # every process derives the same split and plan
         plan = cases_lib.make_plan(store, split["train"], cfg.plan, cfg.data.seed)
-        atomic.write_json(workdir / "splits.json", split)
-        atomic.write_json(workdir / "plan.json", plan.to_json())
-        atomic.write_json(workdir / "label_scheme.json", ds.scheme.to_json())
+        if _primary():
+            atomic.write_json(workdir / "splits.json", split)
+            atomic.write_json(workdir / "plan.json", plan.to_json())
+            atomic.write_json(workdir / "label_scheme.json", ds.scheme.to_json())
     log(f"split: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test patients; "
         f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
     pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
@@ -110,10 +126,13 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
         log(f"[{kind}] already trained and evaluated; reusing {done.name}")
         return ModelResult.from_json(kind, json.loads(done.read_text()))
     spec = specs.build_spec(cfg, prep.plan, kind, prep.ds.scheme.num_classes)
-    (workdir / "models").mkdir(exist_ok=True)
-    atomic.write_json(workdir / "models" / f"{kind}.json", spec.to_json())
+    if _primary():
+        (workdir / "models").mkdir(exist_ok=True)
+        atomic.write_json(workdir / "models" / f"{kind}.json", spec.to_json())
     result = train_and_score(spec, cfg, prep, workdir, resume, log)
-    atomic.write_json(done, result.to_json())
+    if _primary():
+        atomic.write_json(done, result.to_json())
+    sync(f"done-{kind}")
     return result
 
 
@@ -149,9 +168,11 @@ def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = F
     results = Results(_dataset_name(cfg), prep.ds.layout, names, models, prep.split["test"], cfg.seed,
                       cfg.data.seed, {k: len(v) for k, v in prep.split.items()}, comparisons=compare(models, names))
     data = results.to_json()
-    report.write(workdir, data, report.markdown(data, prep.plan, prep.ds.scheme.name))
-    _write_figures(workdir, results, prep)
-    report.summarize(data, workdir, log)
+    if _primary():
+        report.write(workdir, data, report.markdown(data, prep.plan, prep.ds.scheme.name))
+        _write_figures(workdir, results, prep)
+        report.summarize(data, workdir, log)
+    sync("report")
     return results
 
 
@@ -170,8 +191,9 @@ def pool_folds(folds: list[Results], workdir: Path, log: Callable = print) -> Re
     results = Results(first.dataset, first.layout, names, models, [c for f in folds for c in f.test_cases],
                       first.seed, first.data_seed, cross_validation=len(folds), comparisons=compare(models, names))
     data = results.to_json()
-    report.write(workdir, data, report.pooled_markdown(data))
-    report.summarize(data, workdir, log)
+    if _primary():
+        report.write(workdir, data, report.pooled_markdown(data))
+        report.summarize(data, workdir, log)
     return results
 
 
@@ -192,7 +214,8 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
         if kinds is not None:
             cfg = config_lib.override(cfg, "train.models", tuple(kinds))
         config_lib.validate(cfg)
-        atomic.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+        if _primary():
+            atomic.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     kinds = cfg.train.models
     if not cfg.data.cross_validate:
         return run_split(cfg, workdir, kinds, resume, log)
@@ -201,9 +224,11 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
         sub = workdir / f"fold{fold}"
         log(f"=== fold {fold} of {cfg.data.folds} ===")
         fold_cfg = config_lib.apply_tree(cfg, {"data": {"fold": fold, "cross_validate": False}})
-        sub.mkdir(exist_ok=True)
-        if not (sub / "config.json").exists():
-            atomic.write_json(sub / "config.json", config_lib.to_dict(fold_cfg))
+        if _primary():
+            sub.mkdir(exist_ok=True)
+            if not (sub / "config.json").exists():
+                atomic.write_json(sub / "config.json", config_lib.to_dict(fold_cfg))
+        sync(f"fold{fold}")
         done = sub / "results.json"
         folds.append(Results.from_json(json.loads(done.read_text())) if done.exists()
                      else run_split(fold_cfg, sub, kinds, resume, log))

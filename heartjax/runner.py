@@ -22,7 +22,8 @@ from heartjax.eval import postprocess, scoring
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
 from heartjax.eval.results import ModelResult
 from heartjax.eval.figures import overlay_contours
-from heartjax.train.tensorboard import SummaryWriter
+from heartjax.train.parallel import DataParallel, Feed
+from heartjax.train.tensorboard import NullWriter, SummaryWriter
 from heartjax.model.augment import make_augment
 from heartjax.specs import ModelSpec
 from heartjax.train.budget import StepBudget
@@ -54,31 +55,41 @@ def make_val_fn(spec: ModelSpec, predict: Callable, cases, cfg: Config, names) -
     return val_fn
 
 
-def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writer, log: Callable):
-    """Fit the model; returns (graphdef, final state, loop state, checkpointer)."""
+def _abstract(tree, sharding):
+    """Shapes and dtypes of a pytree of arrays, on `sharding`: a restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writer, parallel: DataParallel,
+           log: Callable):
+    """Fit the model on the mesh; returns (predict, final state, loop state, checkpointer)."""
+    parallel.check_batch(spec.batch, spec.batch_key)
     tx = make_optimizer(cfg.optim)
     graphdef, state = create_train_state(spec.unet, tx, rng.key(cfg.seed, f"init/{spec.name}"), cfg.train.steps)
-    step_fn = make_train_step(graphdef, tx, make_augment(spec.augment, spec.spatial_dims), cfg.loss, cfg.optim)
-    predict = make_predict_fn(graphdef)
+    state = parallel.replicate(state)
+    step_fn = make_train_step(graphdef, tx, make_augment(spec.augment, spec.spatial_dims), cfg.loss, cfg.optim,
+                              parallel)
+    predict = make_predict_fn(graphdef, parallel)
     ckpt = Checkpointer(workdir / "checkpoints" / spec.name)
     loop = LoopState()
     if resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore("latest", jax.eval_shape(lambda s: s, state))
+        state, meta = ckpt.restore("latest", _abstract(state, parallel.replicated))
         loop = LoopState.from_json(meta)
         log(f"[{spec.name}] resuming from step {loop.step}")
     if loop.step == 0:
         writer.text("config", "```\n" + config_lib.to_json(cfg) + "\n```")
         writer.text("plan", "```\n" + json.dumps(prep.plan.to_json(), indent=2) + "\n```")
     t = cfg.train
-    sampler = spec.sampler([prep.pre[i] for i in prep.split["train"]], rng.seed_for(cfg.seed, f"sample/{spec.name}"),
-                           cfg.sampling.fg_fraction)
+    feed = Feed(spec.sampler([prep.pre[i] for i in prep.split["train"]], rng.seed_for(cfg.seed, f"sample/{spec.name}"),
+                             cfg.sampling.fg_fraction), parallel)
     names = list(prep.ds.scheme.names)
     val_fn = make_val_fn(spec, predict, [prep.pre[i] for i in prep.split["val"]], cfg, names)
-    hooks = [ProgressHook(f"train {spec.name}", loop.step, t.log_every), LogHook(writer, t.log_every),
+    hooks = [ProgressHook(f"train {spec.name}", loop.step, t.log_every, enabled=parallel.primary),
+             LogHook(writer, t.log_every),
              EvalHook(val_fn, t.eval_every, t.ema_decay, writer), CheckpointHook(ckpt, t.eval_every)]
     budget = StepBudget(t.max_seconds, t.steps) if t.max_seconds else None
-    state, loop = fit(state, step_fn, sampler, rng.key(cfg.seed, f"train/{spec.name}"), loop, num_steps=t.steps,
-                      hooks=hooks, budget=budget)
+    key = parallel.replicate(rng.key(cfg.seed, f"train/{spec.name}"))
+    state, loop = fit(state, step_fn, feed, key, loop, num_steps=t.steps, hooks=hooks, budget=budget, place=feed.place)
     return predict, state, loop, ckpt
 
 
@@ -97,9 +108,11 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     """Train `spec` (resuming from its latest checkpoint), restore its best weights, score the test patients."""
     kind, scheme = spec.name, prep.ds.scheme
     names = list(scheme.names)
-    writer = SummaryWriter(workdir / "tb" / kind)
-    predict, state, loop, ckpt = _train(spec, cfg, prep, workdir, resume, writer, log)
-    best, _ = ckpt.restore("best", jax.eval_shape(weights, state))
+    parallel = DataParallel.create()
+    primary = parallel.primary  # writes TensorBoard and predictions; every process computes
+    writer = SummaryWriter(workdir / "tb" / kind) if primary else NullWriter()
+    predict, state, loop, ckpt = _train(spec, cfg, prep, workdir, resume, writer, parallel, log)
+    best, _ = ckpt.restore("best", _abstract(weights(state), parallel.replicated))
     ckpt.close()
     log(f"[{kind}] trained {loop.step} steps in {loop.train_seconds:.0f} s; best EMA val Dice {loop.best_ema:.3f} "
         f"at step {loop.best_step}; evaluating {len(prep.split['test'])} test patients")
@@ -118,7 +131,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         per_case.append(scoring.score_case(labels, vol.label, vol.spacing, names, cid))
         per_case_pp.append(scoring.score_case(postprocess.keep_largest_component(labels), vol.label, vol.spacing,
                                               names, cid))
-        if cfg.infer.save_predictions:
+        if cfg.infer.save_predictions and primary:
             nifti.save_label(pred_dir / f"{cid}.nii.gz", labels, vol.grid, scheme, overwrite=True)
         if i == 0:
             axis = prep.plan.slice_axis
@@ -130,7 +143,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         "steps": loop.step, "train_seconds": loop.train_seconds,
         "infer_seconds_per_case": float(np.mean(infer_seconds)), "best_step": int(loop.best_step),
         "params": int(sum(x.size for x in jax.tree.leaves(best["params"]))),
-        "best_val_dice": float(loop.best_ema), "postprocessing": decision,
+        "best_val_dice": float(loop.best_ema), "postprocessing": decision, **parallel.info(spec.batch),
     })
     pp = scoring.model_results(per_case_pp, names)
     result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"]}

@@ -48,6 +48,7 @@ class ModelSpec:
     infer_batch: int
     overlap: float
     mirror: bool
+    batch_key: str = "plan.batch_3d"  # the config setting of `batch`, for error messages
 
     @property
     def spatial_dims(self) -> int:
@@ -94,7 +95,7 @@ def _slices(cfg, plan: Plan, num_classes: int, kind: str, context: int) -> Model
                               joint_channels=context > 1)
     unet = _unet(cfg, kind, num_classes, 2, context, plan.strides_2d, plan.kernels_2d, plan.depth)
     return ModelSpec(kind, unet, tuple(plan.patch_2d), plan.batch_2d, plan.slice_axis, context, aug,
-                     cfg.infer.batch_2d, cfg.infer.overlap, cfg.infer.mirror)
+                     cfg.infer.batch_2d, cfg.infer.overlap, cfg.infer.mirror, "plan.batch_2d")
 
 
 def build_2d(cfg, plan: Plan, num_classes: int) -> ModelSpec:

@@ -126,3 +126,13 @@ def test_slicewise_predict_with_context_sees_the_neighbours():
     assert all(s[-1] == 3 for s in seen) and probs.shape == (6, 5, 4, 3)
     for z in range(4):
         np.testing.assert_allclose(probs[0, 0, z], [max(z - 1, 0), z, min(z + 1, 3)])
+
+
+@pytest.mark.parametrize("dims, patch, context", [(3, (8, 8, 4), 1), (2, (8, 8), 1), (2, (8, 8), 3)])
+def test_a_share_of_the_batch_is_the_same_samples(dims, patch, context):
+    """Processes cutting their share (part=(lo, hi)) get exactly the samples of the whole batch."""
+    s = PatchSampler([case(), case(seed=1)], patch, 6, seed=2, spatial_dims=dims, context=context)
+    full_img, full_lbl = s.batch(3)
+    parts = [s.batch(3, part=(lo, lo + 2)) for lo in (0, 2, 4)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), full_img)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), full_lbl)

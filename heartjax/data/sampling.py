@@ -51,56 +51,72 @@ class PatchSampler:
             flat = lbl.ravel()
             self.fg.append({int(k): np.flatnonzero(flat == k).astype(np.int64) for k in np.unique(flat) if k})
 
-    def _crop(self, img, lbl, center, rng):
-        """Cut `patch` around `center` (or at a random place when None), padding volumes smaller than the patch."""
-        shape = img.shape
+    def _corner(self, shape, center, rng) -> list[int]:
+        """The patch's low corner in `shape`: around `center`, or at a random place when None."""
         lo = []
         for a, (n, p) in enumerate(zip(shape, self.patch)):
             if center is None:
                 lo.append(int(rng.integers(min(0, n - p), max(0, n - p) + 1)))
             else:
                 lo.append(int(np.clip(center[a] - p // 2, min(0, n - p), max(0, n - p))))
-        src = tuple(slice(max(0, l), min(n, l + p)) for l, n, p in zip(lo, shape, self.patch))
-        dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo))
+        return lo
+
+    def _cut(self, k: int, s: int | None, lo: list[int]):
+        """Sample arrays of case k (slice s in 2D) at corner lo, padding volumes smaller than the patch."""
+        img, lbl = self.images[k], self.labels[k]
+        if s is not None:
+            half = self.context // 2
+            img, lbl = np.moveaxis(img[np.clip(np.arange(s - half, s + half + 1), 0, img.shape[0] - 1)], 0, -1), lbl[s]
+        else:
+            img = img[..., None]
+        src = tuple(slice(max(0, l), min(n, l + p)) for l, n, p in zip(lo, lbl.shape, self.patch))
+        dst = tuple(slice(q.start - l, q.stop - l) for q, l in zip(src, lo))
         out_img = np.full(self.patch + img.shape[len(self.patch):], img.min(), np.float32)
         out_lbl = np.zeros(self.patch, np.uint8)
         out_img[dst], out_lbl[dst] = img[src], lbl[src]
         return out_img, out_lbl
 
-    def batch(self, step: int):
-        """The batch of one optimiser step: (images [B, *patch, C] float32, labels [B, *patch] uint8)."""
+    def batch(self, step: int, part: tuple[int, int] | None = None):
+        """The batch of one optimiser step: (images [B, *patch, C] float32, labels [B, *patch] uint8).
+
+        part=(lo, hi) cuts only samples lo..hi-1 of the step's batch (one process's share of a global batch):
+        every sample is drawn from the one stream of (seed, step), so the samples never depend on how the batch
+        is split between processes or devices.
+        """
         rng = np.random.default_rng((self.seed, int(step)))
+        lo_i, hi_i = part or (0, self.batch_size)
         imgs, lbls = [], []
         for i in range(self.batch_size):
             k = int(rng.integers(len(self.images)))
-            img, lbl, fg = self.images[k], self.labels[k], self.fg[k]
-            center = None
+            lbl, fg = self.labels[k], self.fg[k]
+            center, s = None, None
             if i >= self.n_random and fg:
                 cls = list(fg)[int(rng.integers(len(fg)))]
                 flat = int(fg[cls][int(rng.integers(len(fg[cls])))])
                 center = np.unravel_index(flat, lbl.shape)
+            shape = lbl.shape
             if self.spatial_dims == 2:
-                s = int(center[0]) if center is not None else int(rng.integers(img.shape[0]))
-                half = self.context // 2
-                img, lbl = np.moveaxis(img[np.clip(np.arange(s - half, s + half + 1), 0, img.shape[0] - 1)], 0, -1), lbl[s]
-                center = None if center is None else center[1:]
-            else:
-                img = img[..., None]
-            a, b = self._crop(img, lbl, center, rng)
-            imgs.append(a)
-            lbls.append(b)
+                s = int(center[0]) if center is not None else int(rng.integers(lbl.shape[0]))
+                center, shape = (None if center is None else center[1:]), lbl.shape[1:]
+            corner = self._corner(shape, center, rng)
+            if lo_i <= i < hi_i:
+                a, b = self._cut(k, s, corner)
+                imgs.append(a)
+                lbls.append(b)
         return np.stack(imgs), np.stack(lbls)
 
 
 class Prefetcher:
     """Iterates batches for steps [start, stop) on a background thread, already transferred to the device.
 
-    The host draws and transfers step N+1 while the device runs step N. `sharding` places each batch (e.g.
-    sharded along a data axis of a mesh); None uses the default device.
+    The host draws and transfers step N+1 while the device runs step N. `place(array) -> device array` puts
+    each array of a batch on the devices (e.g. this process's rows of a global batch sharded along a mesh axis:
+    heartjax.train.parallel.Feed); None uses the default device.
     """
 
-    def __init__(self, sampler: PatchSampler, start: int, stop: int, depth: int = 2, sharding=None):
-        self.sampler, self.start, self.stop, self.sharding = sampler, start, stop, sharding
+    def __init__(self, sampler, start: int, stop: int, depth: int = 2, place=None):
+        self.sampler, self.start, self.stop = sampler, start, stop
+        self.place = place or jax.device_put
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -120,11 +136,7 @@ class Prefetcher:
                 if self._stop.is_set():
                     return
                 img, lbl = self.sampler.batch(step)
-                if self.sharding is not None:
-                    batch = (jax.device_put(img, self.sharding), jax.device_put(lbl, self.sharding))
-                else:
-                    batch = (jax.device_put(img), jax.device_put(lbl))
-                self._put((step, batch, None))
+                self._put((step, (self.place(img), self.place(lbl)), None))
         except Exception as e:  # surfaced in the consumer thread
             self._put((None, None, e))
 

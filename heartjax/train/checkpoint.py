@@ -13,7 +13,8 @@ only when complete; older entries are then renamed to a hidden ``.old_*`` name a
 any point (SIGKILL included) therefore leaves the previous checkpoint, or the new one, restorable; hidden
 leftovers are ignored and removed by the next save. Durability against power loss additionally depends on the
 filesystem (metadata.json and the rename are fsynced; orbax's array files are not). One writer per directory,
-in one process (no multi-host saving).
+in one process; a multi-process run saves collectively (every process calls `save`; orbax writes the arrays,
+process 0 the metadata and the commit) and restores on any device count (the target's shardings).
 
 The pytree is flattened before it reaches orbax, so any pytree works (dicts, dataclasses, NNX states, optax
 states). Typed PRNG keys (``jax.random.key``) are stored as ``jax.random.key_data`` plus the implementation
@@ -35,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from heartjax.errors import HeartjaxError
+from heartjax.train.parallel import sync
 
 SLOTS = ("latest", "best")
 _FORMAT = "heartjax-checkpoint-1"
@@ -144,10 +146,12 @@ class Checkpointer:
         if self._closed:
             raise RuntimeError("Checkpointer.save called after close()")
         slot_dir = self._slot_dir(slot)
-        slot_dir.mkdir(parents=True, exist_ok=True)
-        for child in slot_dir.iterdir():  # leftovers of a crashed save or an interrupted delete
-            if child.name.startswith((".tmp_", ".old_")):
-                shutil.rmtree(child, ignore_errors=True)
+        primary, multi = jax.process_index() == 0, jax.process_count() > 1
+        if primary:
+            slot_dir.mkdir(parents=True, exist_ok=True)
+            for child in slot_dir.iterdir():  # leftovers of a crashed save or an interrupted delete
+                if child.name.startswith((".tmp_", ".old_")):
+                    shutil.rmtree(child, ignore_errors=True)
 
         leaves, records = {}, []
         for i, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
@@ -167,20 +171,29 @@ class Checkpointer:
         entries = self._entries(slot)
         seq = entries[-1][0] + 1 if entries else 0
         name = f"step_{int(step):08d}_{seq:06d}"
-        tmp = slot_dir / f".tmp_{name}_{os.getpid()}"
+        # Several processes write one checkpoint together: the same temporary name, orbax's collective save of
+        # the arrays, then process 0 alone writes the metadata and commits (barriers in between).
+        tmp = slot_dir / (f".tmp_{name}" if multi else f".tmp_{name}_{os.getpid()}")
         try:
-            tmp.mkdir()
+            if primary:
+                tmp.mkdir()
+            sync(f"ckpt-{slot}-{name}-open")
             if leaves:  # orbax refuses an empty tree
                 self._orbax.save(tmp / "state", args=ocp.args.StandardSave(leaves))
-            with open(tmp / "metadata.json", "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            os.rename(tmp, slot_dir / name)  # the commit point
+            if primary:
+                with open(tmp / "metadata.json", "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_dir(tmp)
+                os.rename(tmp, slot_dir / name)  # the commit point
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if primary:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
+        sync(f"ckpt-{slot}-{name}-committed")
+        if not primary:
+            return
         _fsync_dir(slot_dir)
         for _, _, old in entries:  # rename first so a half-deleted entry is never taken for a checkpoint
             trash = slot_dir / f".old_{old.name}_{os.getpid()}"
@@ -259,7 +272,9 @@ class Checkpointer:
                 data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
                 targets[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(data.shape, data.dtype)
             elif kind == "jax":  # read in the saved dtype; a differing abstract dtype is cast below if lossless
-                sharding = getattr(leaf, "sharding", None)
+                # without a target sharding (e.g. predict on one device), the first device, never the saved
+                # layout, which may name devices of another machine
+                sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
                 saved = jax.numpy.dtype(records[i]["dtype"])
                 targets[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(leaf.shape, saved, sharding=sharding)
             else:

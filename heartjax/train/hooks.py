@@ -11,11 +11,11 @@ from heartjax.train.step import weights
 class ProgressHook(Hook):
     """A tqdm bar over the planned steps, with the loss at log points."""
 
-    def __init__(self, desc: str, start: int, every: int):
+    def __init__(self, desc: str, start: int, every: int, enabled: bool = True):
         from tqdm import tqdm
 
         self.every = every
-        self.bar = tqdm(initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+        self.bar = tqdm(initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=True, disable=not enabled)
 
     def on_step(self, step: int) -> None:
         self.bar.update(1)

@@ -78,11 +78,12 @@ class Hook:
 
 def fit(state, train_step: Callable, sampler, key, loop: LoopState, *, num_steps: int, hooks: Sequence[Hook] = (),
         budget: StepBudget | None = None, clock: Callable[[], float] = time.perf_counter, prefetch: int = 2,
-        sharding=None):
+        place: Callable | None = None):
     """Run optimiser steps from `loop.step` to the plan's end; returns (state, loop).
 
     `train_step(state, batch, key) -> (state, metrics)` with metrics {"loss", ...} on the device; `sampler.batch(step)`
-    draws a batch; `num_steps` is the configured length (with a budget, its upper bound). `clock` is injectable,
+    draws a batch and `place(array)` puts it on the devices (default: the default device, see
+    heartjax.train.parallel.Feed); `num_steps` is the configured length (with a budget, its upper bound). `clock` is injectable,
     so the budget is tested without sleeping. A NaN or Inf loss raises HeartjaxError at the first due step after it;
     checkpoints are written only after a finite loss.
     """
@@ -104,7 +105,7 @@ def fit(state, train_step: Callable, sampler, key, loop: LoopState, *, num_steps
 
     for h in hooks:
         h.on_plan(end)
-    fetcher = Prefetcher(sampler, start, budget.upper if budget else num_steps, depth=prefetch, sharding=sharding)
+    fetcher = Prefetcher(sampler, start, budget.upper if budget else num_steps, depth=prefetch, place=place)
     t0 = clock()
     try:
         for step, batch in fetcher:

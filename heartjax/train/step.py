@@ -103,8 +103,14 @@ def weights(state) -> dict:
     return {"params": state["params"], "rest": state["rest"]}
 
 
-def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossConfig, optim_cfg: OptimConfig):
+def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossConfig, optim_cfg: OptimConfig,
+                    parallel=None):
     """Return the jitted `train_step(state, batch, key) -> (state, metrics)`.
+
+    parallel (heartjax.train.parallel.DataParallel): the batch comes sharded along the mesh's "data" axis, the
+    state and key replicated, and the step is compiled with those in/out shardings (GSPMD inserts the gradient
+    all-reduce). The per-sample augmentation keys come from the global batch's index, so they do not depend
+    on the device count.
 
     batch = (images float32 [B, *spatial, C], labels uint8 [B, *spatial]); key: the run's PRNG key (the step is
     folded in here, then the named streams "augment" and "dropout"). metrics: {"loss", "grad_norm", "lr"} float32 scalars (left on the device).
@@ -137,17 +143,36 @@ def make_train_step(graphdef, tx, augment_fn: Callable | None, loss_cfg: LossCon
         return {**state, "params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}, metrics
 
     # On the CPU: convolutions on XLA's own kernels, reductions on YNNPACK (heartjax.conv.compiler_options).
-    return jax.jit(train_step, donate_argnums=0, compiler_options=conv_lib.compiler_options())
+    shardings = {} if parallel is None else dict(
+        in_shardings=(parallel.replicated, parallel.batch, parallel.replicated),
+        out_shardings=(parallel.replicated, parallel.replicated))
+    return jax.jit(train_step, donate_argnums=0, compiler_options=conv_lib.compiler_options(), **shardings)
 
 
-def make_predict_fn(graphdef):
-    """Return jitted `predict(state, images) -> probabilities float32 [B, *spatial, K+1]` (eval mode, softmax)."""
+def make_predict_fn(graphdef, parallel=None):
+    """Return `predict(state, images) -> probabilities float32 [B, *spatial, K+1]` (eval mode, softmax), jitted.
+
+    With `parallel`, the images (a host array, the same on every process) are split over the mesh's devices,
+    padded to a multiple of their number, and the probabilities come back replicated.
+    """
 
     def predict(state, images):  # state: a train state or its `weights`
         model = nnx.merge(graphdef, state["params"], state["rest"])
         return jax.nn.softmax(model(images, train=False), axis=-1)
 
-    return jax.jit(predict, compiler_options=conv_lib.compiler_options())
+    if parallel is None:
+        return jax.jit(predict, compiler_options=conv_lib.compiler_options())
+    jitted = jax.jit(predict, compiler_options=conv_lib.compiler_options(),
+                     in_shardings=(parallel.replicated, parallel.batch), out_shardings=parallel.replicated)
+
+    def spread(state, images):
+        n = images.shape[0]
+        pad = -n % parallel.size
+        if pad:
+            images = np.concatenate([images, np.repeat(np.asarray(images[-1:]), pad, axis=0)])
+        return jitted(state, parallel.spread(np.asarray(images)))[:n]
+
+    return spread
 
 
 def abstract_weights(model_cfg: UNetConfig):

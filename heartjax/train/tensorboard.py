@@ -81,3 +81,10 @@ class SummaryWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class NullWriter:
+    """A SummaryWriter that writes nothing (processes other than 0 of a multi-process run)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
