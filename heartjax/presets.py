@@ -3,7 +3,7 @@
   smoke    tiny phantom, tiny nets, a few steps: an end-to-end check in well under a minute (used by the tests).
   default  the README's `./run.sh`: 20 phantom CT patients, sized for a 2-core laptop CPU (the Config defaults).
   acdc     real ACDC cine-MRI (`--data DIR`), one patient-level split, sized for the 2-core CPU.
-  full     GPU scale: nnU-Net-like widths, patches and schedule, mirroring TTA (`--cv 5` for cross-validation).
+  full     GPU scale: nnU-Net-like widths, patches and schedule, bfloat16 compute, mirroring TTA (`--cv 5`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
     "full": {
         "plan": {"target_spacing": None, "patch_3d": None, "max_patch_voxels_3d": 128 ** 3,
                  "max_patch_voxels_2d": 512 ** 2, "depth": 5, "batch_3d": 2, "batch_2d": 12},
-        "model": {"features": 32, "max_features": 320},
+        "model": {"features": 32, "max_features": 320, "dtype": "bfloat16"},  # float32 parameters and loss
         "model_2d": {"features": 32, "max_features": 512},
         "model_25d": {"features": 32, "max_features": 512},
         "optim": {"name": "sgd", "lr": 1e-2, "warmup_steps": 0},
