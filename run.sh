@@ -4,6 +4,7 @@
 #   ./run.sh test [...] set up the environment if needed, then run the test suite (extra arguments go to pytest)
 #   ./run.sh exp  [...] set up the environment if needed, then run the experiment with the given arguments
 #   ./run.sh which      print the accelerator, requirements file and environment this machine gets
+#   ./run.sh setup      set up the environment only
 # The JAX build follows the machine: CPU (requirements.txt, .venv); NVIDIA GPUs when nvidia-smi finds one
 # (requirements-cuda12.txt, .venv-cuda12); or as HEARTJAX_ACCELERATOR says: cpu | cuda12 | cuda13 | tpu.
 set -euo pipefail
@@ -76,6 +77,9 @@ setup() {
 setup
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 case "${1:-}" in
+  setup)
+    exit 0
+    ;;
   test)
     shift
     echo "run.sh: running the test suite: python -m pytest $*"

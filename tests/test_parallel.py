@@ -78,6 +78,7 @@ def workspace(tmp_path_factory):
 
 def test_four_devices_train_like_one(workspace):
     args = ["experiments.volumetric", "--preset", "smoke", "plan.batch_3d=4", "plan.batch_2d=4", "train.steps=20"]
+    # (both kinds: the 3D model carries the planes convolution and its reshapes through the sharding)
     procs = {n: _run([*args, "--workdir", f"dev{n}"], workspace, n) for n in (1, 4)}
     for p in procs.values():
         _finish(p)
@@ -124,3 +125,12 @@ def test_two_processes_write_one_run_that_restores_anywhere(workspace):
     ref = np.asarray(nib.load(run / "predictions" / "3d" / f"{case}.nii.gz").dataobj)
     kept = json.loads((run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]
     assert np.array_equal(keep_largest_component(ref) if kept else ref, got)
+
+
+def test_results_md_prints_the_mesh():
+    from heartjax.eval.report import mesh_text
+
+    assert mesh_text({"mesh": {"data": 4}, "processes": 2, "global_batch": 4, "per_device_batch": 1}) == \
+        "data=4 on 2 processes (4 / 1)"
+    assert mesh_text({"mesh": {"data": 1}, "processes": 1, "global_batch": 2, "per_device_batch": 2}) == "data=1 (2 / 2)"
+    assert mesh_text({}) == "–"

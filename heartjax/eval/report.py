@@ -111,6 +111,16 @@ def _comparison_section(results: Mapping) -> list[str]:
     return lines
 
 
+def mesh_text(m: Mapping) -> str:
+    """"data=4 on 2 processes (4 / 1)": the mesh a model trained on, with its global and per-device batch."""
+    mesh = m.get("mesh")
+    if not mesh:
+        return "–"
+    axes = ", ".join(f"{a}={n}" for a, n in mesh.items())
+    procs = f" on {m['processes']} processes" if m.get("processes", 1) > 1 else ""
+    return f"{axes}{procs} ({m['global_batch']} / {m['per_device_batch']})"
+
+
 def markdown(results: Mapping, plan, scheme: str) -> str:
     """results.md of one split."""
     models, names, split = results["models"], results["label_names"], results["split"]
@@ -122,10 +132,11 @@ def markdown(results: Mapping, plan, scheme: str) -> str:
              f"test patients seen by no model).",
              f"Plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d} x {plan.batch_3d}, "
              f"2D patch {plan.patch_2d} x {plan.batch_2d} (slices along axis {plan.slice_axis}).", "",
-             "| model | steps | train s | infer s/case | params | mean Dice | whole-heart Dice |", "|---|---|---|---|---|---|---|"]
+             "| model | steps | train s | infer s/case | params | mesh (global / per-device batch) | mean Dice | "
+             "whole-heart Dice |", "|---|---|---|---|---|---|---|---|"]
     for k, m in models.items():
         lines.append(f"| {k} | {m['steps']} | {m['train_seconds']:.0f} | {m['infer_seconds_per_case']:.1f} | "
-                     f"{m['params']:,} | {fmt(m['mean_dice'])} | {fmt(m['whole_heart_dice'])} |")
+                     f"{m['params']:,} | {mesh_text(m)} | {fmt(m['mean_dice'])} | {fmt(m['whole_heart_dice'])} |")
     lines += ["", "## Per structure (test patients, mean ± sd)", ""] + structure_table(models, names)
     lines += _lcc_section(models, names) + reference_section(scheme, models, names) + _comparison_section(results)
     lines += ["", "Metrics: Dice/IoU from whole-volume voxel counts per patient on the original grid; HD95/ASSD in mm "
