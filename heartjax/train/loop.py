@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from heartjax.data.sampling import Prefetcher
 from heartjax.errors import HeartjaxError
 from heartjax.train.budget import StepBudget
+from heartjax.train.parallel import agree
 
 
 @dataclasses.dataclass
@@ -121,14 +122,14 @@ def fit(state, train_step: Callable, sampler, key, loop: LoopState, *, num_steps
                     first = (done, seconds_now())
                 else:
                     since = (done, seconds_now())
-                    state = set_plan(state, budget.plan(done, since[1], first))
+                    state = set_plan(state, agree(budget.plan(done, since[1], first)))
             last = done >= end
             if not last and not any(h.due(done, False) for h in hooks):
                 continue
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             loop.train_seconds = seconds_now()
             if since is not None and not last:
-                planned = budget.replan(end, done, loop.train_seconds, since)
+                planned = agree(budget.replan(end, done, loop.train_seconds, since))  # one plan for all processes
                 if planned != end:
                     state = set_plan(state, planned)
                     last = done >= end

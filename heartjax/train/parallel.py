@@ -165,6 +165,15 @@ def report_devices(log: Callable = print) -> None:
               "HEARTJAX_ACCELERATOR=cuda12.\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
 
 
+def agree(value: int) -> int:
+    """Process 0's value of an integer decision (e.g. the budget's plan), the same on every process."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def sync(name: str) -> None:
     """A barrier across processes (no-op with one process)."""
     if jax.process_count() > 1:
