@@ -45,11 +45,15 @@ class Model:
             raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} or {spec_file} is "
                                 f"missing); choose --model from {have}")
         from heartjax.train.checkpoint import Checkpointer
+        from heartjax.train.parallel import DataParallel
         from heartjax.train.step import abstract_weights, make_predict_fn
 
         self.spec = ModelSpec.from_json(json.loads(spec_file.read_text()))
         graphdef, abstract = abstract_weights(self.spec.unet)
-        self.predict = make_predict_fn(graphdef)
+        parallel = DataParallel.create()  # tiles spread over this machine's devices, weights on each
+        self.predict = make_predict_fn(graphdef, parallel)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated),
+                                abstract)
         with Checkpointer(ckpt_dir) as ckpt:
             self.weights, _ = ckpt.restore("best", abstract)
         ev = self.run_dir / f"eval_{self.kind}.json"
