@@ -94,10 +94,10 @@ class Prepared:
 
 def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
     """Dataset, split and plan (read back from the run folder when it has them), preprocessed cases."""
-    if _primary():  # writes the phantom once, if needed
-        cases_lib.resolve_dataset(cfg.data, log)
+    ds = cases_lib.resolve_dataset(cfg.data, log) if _primary() else None  # process 0 writes the phantom once
     sync("dataset")
-    ds = cases_lib.resolve_dataset(cfg.data, log)
+    if ds is None:
+        ds = cases_lib.resolve_dataset(cfg.data, log)
     log(f"dataset: {ds.root} ({ds.layout}, {len(ds.cases)} cases, scheme {ds.scheme.name}, modality {ds.modality})")
     store = cases_lib.CaseStore(ds)
     if (workdir / "splits.json").exists() and (workdir / "plan.json").exists():
