@@ -31,16 +31,18 @@ class DataConfig:
     dir: str | None = None           # None: the built-in phantom; else any layout heartjax.data.datasets knows
     scheme: str | None = None        # label scheme (mmwhs | acdc | genericK); None: from the layout
     seed: int = 0                    # phantom, split, fingerprint sample, validation patches (not training)
-    phantom_cases: int = 20
-    phantom_modality: str = "ct"
+    phantom_cases: int = 40          # 5 folds of 8: a paired test over 8 test patients can reach p < 0.05
+    phantom_modality: str = "ct"     # ct | mri | cine (MRI in thick slices, shifted as between breath-holds)
+    phantom_difficulty: int = 1      # 0 easy (the first generator), 1 realistic, 2 harder (phantom_levels.py)
     phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.6)
     phantom_dir: str = "data/phantom"  # where the phantom is written once and reused
     cache_dir: str = "cache"         # preprocessed cases, keyed by plan and source files
     folds: int = 5                   # the test patients are one fold of a patient-level K-fold split
     fold: int = 0
     cross_validate: bool = False     # train every fold into RUN/foldI and pool the test patients
-    val_cases: int = 2               # taken from the training patients for checkpoint selection
+    val_cases: int = 4               # taken from the training patients for checkpoint selection
     max_cases: int | None = None     # use only the first N cases (quick looks at big folders)
+    train_cases: int | None = None   # train on N of the training patients (nested subsets); val and test unchanged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,13 +261,16 @@ def _rules(cfg: Config):
     yield "data.dir", d.dir is None or isinstance(d.dir, str), "must be None (the phantom) or a folder path"
     yield "data.scheme", d.scheme is None or isinstance(d.scheme, str), "must be None or a scheme name"
     yield "data.phantom_cases", _int(d.phantom_cases, 3), "must be an integer >= 3"
-    yield "data.phantom_modality", d.phantom_modality in ("ct", "mri"), "must be 'ct' or 'mri'"
+    yield "data.phantom_modality", d.phantom_modality in ("ct", "mri", "cine"), "must be 'ct', 'mri' or 'cine'"
+    yield "data.phantom_difficulty", _int(d.phantom_difficulty, 0) and d.phantom_difficulty <= 2, \
+        "must be 0 (easy), 1 (realistic) or 2 (harder)"
     yield "data.phantom_spacing", _nums(d.phantom_spacing, 3), "must be three positive numbers (mm)"
     yield "data.folds", _int(d.folds, 2), "must be an integer >= 2"
     yield "data.fold", _int(d.fold, 0) and d.fold < d.folds, f"must be in 0..data.folds-1 ({d.folds - 1})"
     yield "data.cross_validate", isinstance(d.cross_validate, bool), "must be true or false"
     yield "data.val_cases", _int(d.val_cases, 1), "must be a positive integer"
     yield "data.max_cases", d.max_cases is None or _int(d.max_cases, 3), "must be None or an integer >= 3"
+    yield "data.train_cases", d.train_cases is None or _int(d.train_cases, 1), "must be None or an integer >= 1"
     yield "plan.target_spacing", p.target_spacing is None or _nums(p.target_spacing, 3), \
         "must be None (nnU-Net's rule) or three positive numbers (mm)"
     yield "plan.depth", _int(p.depth, 1), "must be a positive integer"

@@ -1,7 +1,7 @@
 """Presets of the 2D / 2.5D / 3D experiment, as data: each is a nested dict of values over `heartjax.config.Config`.
 
   smoke    tiny phantom, tiny nets, a few steps: an end-to-end check in well under a minute (used by the tests).
-  default  the README's `./run.sh`: 20 phantom CT patients, sized for a 2-core laptop CPU (the Config defaults).
+  default  the README's `./run.sh`: 40 phantom CT patients (difficulty 1), sized for a 2-core laptop CPU (the defaults).
   acdc     real ACDC cine-MRI (`--data DIR`), one patient-level split, sized for the 2-core CPU.
   full     GPU scale: nnU-Net-like widths, patches and schedule, bfloat16 compute, mirroring TTA (`--cv 5`).
 """

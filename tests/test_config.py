@@ -142,6 +142,21 @@ def test_split_is_patient_level_and_depends_on_the_data_seed_only():
         cases_lib.make_split(ds, dataclasses.replace(d, val_cases=16))
 
 
+def test_train_cases_are_nested_subsets_with_val_and_test_fixed():
+    ds = _DS(40)
+    d = DataConfig(folds=5, fold=0, val_cases=4)
+    full = cases_lib.make_split(ds, d)
+    subsets = {n: cases_lib.make_split(ds, dataclasses.replace(d, train_cases=n)) for n in (4, 8, 16, 28)}
+    for n, split in subsets.items():
+        assert len(split["train"]) == n and split["val"] == full["val"] and split["test"] == full["test"]
+        assert set(split["train"]) <= set(full["train"])
+    assert set(subsets[4]["train"]) < set(subsets[8]["train"]) < set(subsets[16]["train"])
+    assert set(subsets[28]["train"]) == set(full["train"])
+    assert subsets[4]["train"] != full["train"][:4]  # a random subset, not the first names
+    with pytest.raises(HeartjaxError, match="data.train_cases=29 .* 28 training patients"):
+        cases_lib.make_split(ds, dataclasses.replace(d, train_cases=29))
+
+
 def test_named_streams_are_stable_and_distinct():
     assert rng.stream_id("init/2d") == __import__("zlib").crc32(b"init/2d")
     assert rng.seed_for(0, "split") == rng.seed_for(0, "split") != rng.seed_for(0, "split/val")

@@ -1,4 +1,8 @@
-"""The synthetic phantom: determinism, anatomy, intensities, file layout and argument errors (coarse grids)."""
+"""The synthetic phantom: determinism, anatomy, intensities, file layout and argument errors (coarse grids).
+
+Anatomy and intensity checks here are of difficulty 0, the first generator's phantom (kept bit for bit); the
+realistic levels are tested in test_phantom_levels.py.
+"""
 
 import nibabel
 import numpy as np
@@ -27,11 +31,11 @@ def tissue_index(name):
 
 @pytest.fixture(scope="module")
 def ct_cases():
-    return {s: phantom.generate_case(s, "ct", COARSE) for s in SEEDS}
+    return {s: phantom.generate_case(s, "ct", COARSE, difficulty=0) for s in SEEDS}
 
 
 def test_same_seed_same_case_and_different_seed_differs(ct_cases):
-    image, label, affine = phantom.generate_case(2, "ct", COARSE)
+    image, label, affine = phantom.generate_case(2, "ct", COARSE, difficulty=0)
     ref_image, ref_label, ref_affine = ct_cases[2]
     np.testing.assert_array_equal(image, ref_image)
     np.testing.assert_array_equal(label, ref_label)
@@ -80,7 +84,7 @@ def test_ct_intensities_per_structure(ct_cases):
 
 def test_tissues_match_case_and_surroundings_are_realistic(ct_cases):
     for seed in (0, 1):
-        tissue, label, affine = phantom.generate_tissues(seed, COARSE)
+        tissue, label, affine = phantom.generate_tissues(seed, COARSE, difficulty=0)
         image, ref_label, ref_affine = ct_cases[seed]
         np.testing.assert_array_equal(label, ref_label)
         np.testing.assert_array_equal(affine, ref_affine)
@@ -101,7 +105,7 @@ def test_tissues_match_case_and_surroundings_are_realistic(ct_cases):
 def test_mri_blood_brighter_than_myocardium_with_bias_and_rician_noise():
     scales = []
     for seed in (0, 1):
-        image, label, _ = phantom.generate_case(seed, "mri", COARSE)
+        image, label, _ = phantom.generate_case(seed, "mri", COARSE, difficulty=0)
         assert image.dtype == np.float32 and image.min() >= 0  # magnitude (Rician) data
         myo = np.median(image[label == code("MYO")])
         for name in ("LV", "RV", "LA"):
@@ -148,6 +152,8 @@ def test_mri_layout(tmp_path):
     (dict(spacing=(1.0, 0.0, 1.0)), "spacing"),
     (dict(spacing=(1.0, 1.0)), "spacing"),
     (dict(seed=-1), "seed"),
+    (dict(difficulty=3), "difficulty"),
+    (dict(difficulty="hard"), "difficulty"),
 ])
 def test_bad_arguments_name_the_setting(tmp_path, kwargs, setting):
     with pytest.raises(HeartjaxError, match=setting):

@@ -21,9 +21,13 @@ from heartjax.errors import HeartjaxError
 
 
 def phantom_folder(d: DataConfig) -> Path:
-    """Where the phantom of these settings lives (one folder per modality, case count, data seed and spacing)."""
+    """Where the phantom of these settings lives: one folder per generator version, difficulty, modality, case
+    count, data seed and spacing, so a phantom written by another generator is never reused."""
+    from heartjax.data.phantom_levels import VERSION
+
     sp = "x".join(f"{s:g}" for s in d.phantom_spacing)
-    return Path(d.phantom_dir) / f"{d.phantom_modality}-n{d.phantom_cases}-seed{d.seed}-{sp}mm"
+    name = f"v{VERSION}-d{d.phantom_difficulty}-{d.phantom_modality}-n{d.phantom_cases}-seed{d.seed}-{sp}mm"
+    return Path(d.phantom_dir) / name
 
 
 def resolve_dataset(d: DataConfig, log: Callable = print) -> datasets.Dataset:
@@ -34,16 +38,18 @@ def resolve_dataset(d: DataConfig, log: Callable = print) -> datasets.Dataset:
 
     folder = phantom_folder(d)
     if not (folder / ".complete").exists():
-        log(f"writing the synthetic phantom ({d.phantom_cases} {d.phantom_modality.upper()} cases) to {folder}")
+        log(f"writing the synthetic phantom ({d.phantom_cases} {d.phantom_modality.upper()} cases, difficulty "
+            f"{d.phantom_difficulty}) to {folder}")
         with atomic_dir(folder, overwrite=True) as tmp:
             write_phantom(tmp, cases=d.phantom_cases, modality=d.phantom_modality, seed=d.seed,
-                          spacing=tuple(d.phantom_spacing))
+                          spacing=tuple(d.phantom_spacing), difficulty=d.phantom_difficulty)
             (tmp / ".complete").write_text("ok\n")
     return datasets.discover(folder, d.scheme)
 
 
 def make_split(ds: datasets.Dataset, d: DataConfig) -> dict[str, list[str]]:
-    """Patient-level train / val / test split: test = fold `data.fold` of K; val = `val_cases` of the rest."""
+    """Patient-level train / val / test split: test = fold `data.fold` of K; val = `val_cases` of the rest; train
+    the others, or a nested random subset of `train_cases` of them (validation and test patients unchanged)."""
     cases = list(ds.cases)[: d.max_cases] if d.max_cases else list(ds.cases)
     if not 0 <= d.fold < d.folds:
         raise HeartjaxError(f"config setting data.fold={d.fold} must be in 0..data.folds-1 ({d.folds - 1})")
@@ -55,8 +61,16 @@ def make_split(ds: datasets.Dataset, d: DataConfig) -> dict[str, list[str]]:
                             f"{len(train_patients) - 1} (the number of training patients minus one)")
     chooser = np.random.default_rng(rng.seed_for(d.seed, "split/val"))
     val_patients = set(chooser.permutation(train_patients)[: d.val_cases].tolist())
+    keep = [p for p in train_patients if p not in val_patients]
+    if d.train_cases is not None:  # a nested random subset: N's patients are among N+1's (stream "split/subset")
+        if d.train_cases > len(keep):
+            raise HeartjaxError(f"config setting data.train_cases={d.train_cases} is more than the {len(keep)} "
+                                "training patients this split has; choose at most that, or None for all")
+        order = np.random.default_rng(rng.seed_for(d.seed, "split/subset")).permutation(keep).tolist()
+        keep = order[: d.train_cases]
+    keep = set(keep)
     return {
-        "train": [c for c in fold["train"] if patient_of[c] not in val_patients],
+        "train": [c for c in fold["train"] if patient_of[c] in keep],
         "val": [c for c in fold["train"] if patient_of[c] in val_patients],
         "test": list(fold["val"]),
     }

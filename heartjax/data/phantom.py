@@ -4,12 +4,15 @@ Each case is a chest with all seven MM-WHS structures (LV, RV, LA, RA cavities, 
 pulmonary artery trunk) drawn from implicit shapes (`heartjax.data.phantom_shapes`), with the surroundings that make
 intensity alone insufficient (`heartjax.data.phantom_chest`): mediastinal and subcutaneous fat, lungs, ribs, sternum,
 spine, liver dome, and contrast-filled vessels that are not labelled (aortic arch and descending aorta, pulmonary
-branches and veins, SVC, IVC), plus the unlabelled thin RV free wall. Patients vary in size, pose, chamber proportions, wall thickness
-and contrast timing. Files follow the MM-WHS layout and are stored in LPS-like voxel order, as DICOM-derived scans
-are, so loaders must reorient them to RAS.
+branches and veins, SVC, IVC), plus the unlabelled thin RV free wall. Patients vary in size, pose, chamber
+proportions, wall thickness and contrast timing; how much, and how much of real anatomy and acquisition is drawn,
+is the difficulty level (`heartjax.data.phantom_levels`; scanner models in `heartjax.data.phantom_render`). Files
+follow the MM-WHS layout and are stored in LPS-like voxel order, as DICOM-derived scans are, so loaders must
+reorient them to RAS.
 
 Command line:
-  python -m heartjax.phantom --out DIR --cases 20 --modality ct|mri [--seed 0] [--spacing 1 1 1.6] [--overwrite]
+  python -m heartjax.phantom --out DIR --cases 20 --modality ct|mri|cine [--difficulty 1] [--seed 0]
+                             [--spacing 1 1 1.6] [--overwrite]
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import numpy as np
 from scipy import ndimage
 
 from heartjax import atomic
+from heartjax.data import phantom_render as render
 from heartjax.data import phantom_shapes as shp
+from heartjax.data.phantom_levels import DEFAULT_LEVEL, LEVELS, VERSION, Level
 from heartjax.data.labels import MMWHS
 from heartjax.data.phantom_chest import paint_chest
 from heartjax.errors import HeartjaxError
 
-MODALITIES = {"ct": "ct_train", "mri": "mr_train"}
+MODALITIES = {"ct": "ct_train", "mri": "mr_train", "cine": "mr_train"}  # cine: thick, shifted MRI slices
 TISSUES = shp.TISSUES  # tissue class names, indexed by the values of `generate_tissues`
 DEFAULT_SPACING = (1.0, 1.0, 1.6)
 DEFAULT_FOV_MM = (200.0, 200.0, 160.0)
@@ -60,32 +65,6 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def _ct_values(rng: np.random.Generator) -> np.ndarray:
-    """Per-patient Hounsfield units of each tissue class; left and right heart enhance differently."""
-    left = rng.uniform(300.0, 440.0)
-    right = float(np.clip(left + rng.uniform(-140.0, 60.0), 290.0, 430.0))
-    v = np.zeros(len(shp.TISSUES), np.float32)
-    v[shp.AIR], v[shp.FAT], v[shp.MUSCLE] = -1000.0, rng.uniform(-110, -85), rng.uniform(35, 60)
-    v[shp.LUNG], v[shp.CORTEX], v[shp.MARROW] = rng.uniform(-880, -830), rng.uniform(900, 1200), rng.uniform(200, 320)
-    v[shp.RIB], v[shp.CSF], v[shp.LIVER] = rng.uniform(350, 650), rng.uniform(5, 20), rng.uniform(60, 110)
-    v[shp.ABDOMEN], v[shp.MYO], v[shp.WALL] = rng.uniform(30, 50), rng.uniform(90, 140), rng.uniform(40, 70)
-    v[shp.BLOOD_L], v[shp.BLOOD_R] = left, right
-    v[shp.IVC], v[shp.SVC] = rng.uniform(80, 160), right + rng.uniform(0, 400)  # unmixed IVC, dense SVC inflow
-    return v
-
-
-def _mri_values(rng: np.random.Generator) -> np.ndarray:
-    """Per-patient bSSFP-like relative signal of each tissue class (bright blood and fat, dark myocardium)."""
-    v = np.zeros(len(shp.TISSUES), np.float32)
-    v[shp.FAT], v[shp.MUSCLE], v[shp.LUNG] = rng.uniform(0.7, 0.9), rng.uniform(0.15, 0.25), rng.uniform(0.03, 0.08)
-    v[shp.CORTEX], v[shp.MARROW], v[shp.RIB] = 0.04, rng.uniform(0.45, 0.6), rng.uniform(0.25, 0.4)
-    v[shp.CSF], v[shp.LIVER], v[shp.ABDOMEN] = rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.35), rng.uniform(0.3, 0.45)
-    v[shp.MYO], v[shp.WALL] = rng.uniform(0.2, 0.3), rng.uniform(0.2, 0.3)
-    v[shp.BLOOD_L], v[shp.BLOOD_R] = rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0)
-    v[shp.IVC], v[shp.SVC] = rng.uniform(0.75, 0.95), rng.uniform(0.75, 0.95)
-    return v
-
-
 def _paint(grid: shp.Grid, p: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Tissue classes (uint8) and label indices (uint8, 0..7) on the grid; later paints win."""
     tissue = np.zeros(grid.shape, np.uint8)
@@ -107,7 +86,7 @@ def _paint(grid: shp.Grid, p: dict, rng: np.random.Generator) -> tuple[np.ndarra
         if part.wall:
             field.paint([(tissue, part.wall_tissue), (label, 0)], hi=part.wall, lo=0.0)
     for part, field in zip(parts, fields):
-        field.paint([(tissue, part.tissue), (label, part.label)])
+        field.paint([(tissue, part.tissue), (label, part.label)], only=(label, part.inside) if part.inside else None)
     _drop_fragments(tissue, label)
     return tissue, label
 
@@ -126,60 +105,51 @@ def _drop_fragments(tissue: np.ndarray, label: np.ndarray) -> None:
             tissue[box][stray] = shp.MYO
 
 
-def _inflow_mixing(img, label, grid, rng) -> None:
-    """RA and RV blood is a swirl of dense SVC contrast and unopacified IVC blood: add a smooth zero-mean field."""
-    boxes = ndimage.find_objects(label)
-    right = [boxes[i - 1] for i in (shp.L_RA, shp.L_RV) if i <= len(boxes) and boxes[i - 1] is not None]
-    if not right:
-        return
-    box = tuple(slice(min(b[k].start for b in right), max(b[k].stop for b in right)) for k in range(3))
-    x, y, z = grid.coords(box)
-    field = np.zeros(img[box].shape, np.float32)
-    for _ in range(3):  # a few random plane waves with 40-90 mm wavelength
-        k = shp.unit(rng.normal(size=3)) * (2 * np.pi / rng.uniform(40, 90))
-        field += np.cos((np.float32(k[0]) * x + np.float32(k[1]) * y) + np.float32(k[2]) * z
-                        + np.float32(rng.uniform(0, 2 * np.pi)))
-    inside = (label[box] == shp.L_RA) | (label[box] == shp.L_RV)
-    np.add(img[box], field * np.float32(rng.uniform(10, 40)), out=img[box], where=inside)
+def _check_difficulty(difficulty) -> Level:
+    """The Level of a difficulty setting (an int key of LEVELS)."""
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, np.integer)) or difficulty not in LEVELS:
+        raise HeartjaxError(f"difficulty={difficulty!r} is unknown; choose one of {sorted(LEVELS)} "
+                            "(0: the first generator's easy phantom, 1: realistic, the default; 2: harder)")
+    return LEVELS[int(difficulty)]
 
 
-def _render_ct(tissue, label, grid, p, rng) -> np.ndarray:
-    """Hounsfield units: tissue values, inflow mixing, gravity-dependent lung density, ~1 mm blur, noise."""
-    img = _ct_values(rng)[tissue]
-    _inflow_mixing(img, label, grid, rng)
-    y = grid.axis(1)
-    dependent = (45.0 * np.clip((p["front_y"] - y) / 180.0, 0, 1)).astype(np.float32)[None, :, None]
-    np.add(img, dependent, out=img, where=tissue == shp.LUNG)
-    img = ndimage.gaussian_filter(img, [rng.uniform(0.8, 1.2) / s for s in grid.spacing], truncate=3.0)
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(15, 25))
-    return np.clip(np.rint(img), -1024, 3071).astype(np.float32)
+def cine_subslices(spacing_z: float) -> int:
+    """Thin sub-slices (odd, about 2 mm each) averaged into one thick cine slice."""
+    return max(1, int(np.ceil(spacing_z / 2.0))) | 1
 
 
-def _render_mri(tissue, label, grid, p, rng) -> np.ndarray:
-    """bSSFP-like signal: blur, smooth multiplicative bias field, Rician noise, arbitrary scale."""
-    img = _mri_values(rng)[tissue]
-    img = ndimage.gaussian_filter(img, [1.2 / s for s in grid.spacing], truncate=3.0)
-    u = [np.linspace(-1, 1, n, dtype=np.float32) for n in grid.shape]
-    c = rng.normal(0, 0.18, 6).astype(np.float32)
-    log_xy = c[0] * u[0][:, None] + c[1] * u[1][None, :] + c[3] * u[0][:, None] ** 2 + c[4] * u[0][:, None] * u[1]
-    img *= np.exp(log_xy[:, :, None] + (c[2] * u[2] + c[5] * u[2] ** 2)[None, None, :])
-    sd = np.float32(rng.uniform(0.02, 0.05))
-    real = img + rng.standard_normal(img.shape, dtype=np.float32) * sd
-    imag = rng.standard_normal(img.shape, dtype=np.float32) * sd
-    return (np.sqrt(real * real + imag * imag) * np.float32(rng.uniform(100, 3000))).astype(np.float32)
-
-
-def _build(seed, modality, spacing, fov_mm):
-    """Validate, draw the patient and paint it: (grid, patient, tissue, label indices, rng for rendering)."""
+def _build(seed, modality, spacing, fov_mm, difficulty):
+    """Validate, draw the patient and paint it: (grid, patient, tissue, label indices, rng, level, sub-slices)."""
     spacing, fov_mm = _check_settings(modality, spacing, fov_mm)
+    level = _check_difficulty(difficulty)
     rng = np.random.default_rng(_check_seed(seed))
-    p = shp.sample_patient(rng)
-    shape = tuple(max(1, int(round(f / s))) for f, s in zip(fov_mm, spacing))
+    p = shp.sample_patient(rng, level)
+    sub = cine_subslices(spacing[2]) if modality == "cine" else 0
+    fov = np.asarray(fov_mm) * p.get("fov_scale", 1.0)
+    shape = tuple(max(1, int(round(f / s))) for f, s in zip(fov, spacing))
     centre = np.array([0.0, 5.0, 5.0]) + p["fov_shift"]  # the heart, with the usual centring slack
     origin = centre - (np.array(shape) - 1) / 2 * np.array(spacing)
-    grid = shp.Grid(shape, spacing, tuple(float(o) for o in origin))
+    if sub:  # paint on thin slices; render_mri averages them into the thick ones
+        origin[2] -= (sub // 2) * spacing[2] / sub
+        grid = shp.Grid((shape[0], shape[1], shape[2] * sub), (spacing[0], spacing[1], spacing[2] / sub),
+                        tuple(float(o) for o in origin))
+    else:
+        grid = shp.Grid(shape, spacing, tuple(float(o) for o in origin))
     tissue, label = _paint(grid, p, rng)
-    return grid, p, tissue, label, rng
+    if level.detail:
+        from heartjax.data.phantom_detail import annotate
+
+        label = annotate(label, grid.spacing, p, level.label_sd)
+    return grid, p, tissue, label, rng, level, sub
+
+
+def _out_grid(grid: shp.Grid, sub: int) -> shp.Grid:
+    """The written grid: the painted one, or for cine its thick slices (centred on each run's middle slice)."""
+    if not sub:
+        return grid
+    origin = (grid.origin[0], grid.origin[1], grid.origin[2] + (sub // 2) * grid.spacing[2])
+    return shp.Grid((grid.shape[0], grid.shape[1], grid.shape[2] // sub),
+                    (grid.spacing[0], grid.spacing[1], grid.spacing[2] * sub), origin)
 
 
 def _affine(grid: shp.Grid, seed: int) -> np.ndarray:
@@ -190,13 +160,16 @@ def _affine(grid: shp.Grid, seed: int) -> np.ndarray:
     return affine
 
 
-def generate_case(seed: int, modality: str = "ct", spacing=DEFAULT_SPACING, fov_mm=DEFAULT_FOV_MM):
+def generate_case(seed: int, modality: str = "ct", spacing=DEFAULT_SPACING, fov_mm=DEFAULT_FOV_MM,
+                  difficulty: int = DEFAULT_LEVEL):
     """Generate one synthetic chest scan with MM-WHS labels.
 
     Args:
       seed: non-negative int; the case is a pure function of (seed, modality, spacing, fov_mm), and the anatomy
         of (seed, spacing, fov_mm): a CT and an MRI with the same seed show the same patient.
-      modality: "ct" (Hounsfield units, contrast-enhanced) or "mri" (bSSFP-like, arbitrary scale).
+      modality: "ct" (Hounsfield units, contrast-enhanced), "mri" (bSSFP-like, arbitrary scale) or "cine" (the MRI
+        in thick slices of spacing[2] mm, each averaged over ~2 mm sub-slices and shifted in-plane).
+      difficulty: a key of `heartjax.data.phantom_levels.LEVELS`; 0 is the first generator's phantom, bit for bit.
       spacing: voxel size in mm (x, y, z), RAS axis order.
       fov_mm: field of view in mm (x, y, z); the grid has round(fov_mm / spacing) voxels per axis.
 
@@ -205,12 +178,15 @@ def generate_case(seed: int, modality: str = "ct", spacing=DEFAULT_SPACING, fov_
       label: uint16 [X, Y, Z] MM-WHS codes (0, 205, 420, 500, 550, 600, 820, 850).
       affine: float64 [4, 4] voxel -> world (mm, RAS) of these RAS arrays, diag(spacing) plus an origin.
     """
-    grid, p, tissue, label, rng = _build(seed, modality, spacing, fov_mm)
-    image = (_render_ct if modality == "ct" else _render_mri)(tissue, label, grid, p, rng)
-    return image, np.array([0, *MMWHS.codes], np.uint16)[label], _affine(grid, seed)
+    grid, p, tissue, label, rng, level, sub = _build(seed, modality, spacing, fov_mm, difficulty)
+    if modality == "ct":
+        image = render.render_ct(tissue, label, grid, p, rng, level)
+    else:
+        image, label = render.render_mri(tissue, label, grid, p, rng, level, sub)
+    return image, np.array([0, *MMWHS.codes], np.uint16)[label], _affine(_out_grid(grid, sub), seed)
 
 
-def generate_tissues(seed: int, spacing=DEFAULT_SPACING, fov_mm=DEFAULT_FOV_MM):
+def generate_tissues(seed: int, spacing=DEFAULT_SPACING, fov_mm=DEFAULT_FOV_MM, difficulty: int = DEFAULT_LEVEL):
     """The tissue classes behind `generate_case` (same seed, spacing and fov_mm), for analysis and tests.
 
     Returns:
@@ -218,7 +194,7 @@ def generate_tissues(seed: int, spacing=DEFAULT_SPACING, fov_mm=DEFAULT_FOV_MM):
       label: uint16 [X, Y, Z] MM-WHS codes, equal to generate_case's label.
       affine: float64 [4, 4], equal to generate_case's affine.
     """
-    grid, _, tissue, label, _ = _build(seed, "ct", spacing, fov_mm)
+    grid, _, tissue, label, *_ = _build(seed, "ct", spacing, fov_mm, difficulty)
     return tissue, np.array([0, *MMWHS.codes], np.uint16)[label], _affine(grid, seed)
 
 
@@ -254,7 +230,7 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def write_phantom(out_dir, cases: int = 20, modality: str = "ct", seed: int = 0, spacing=DEFAULT_SPACING,
-                  overwrite: bool = False, fov_mm=DEFAULT_FOV_MM) -> list[Path]:
+                  overwrite: bool = False, fov_mm=DEFAULT_FOV_MM, difficulty: int = DEFAULT_LEVEL) -> list[Path]:
     """Write a phantom dataset in the MM-WHS layout and return the written paths (image, label per case).
 
     CT images are stored as int16 Hounsfield units, MRI images as float32, labels as uint16 MM-WHS codes, all in
@@ -265,6 +241,7 @@ def write_phantom(out_dir, cases: int = 20, modality: str = "ct", seed: int = 0,
         raise HeartjaxError(f"cases={cases!r} must be an integer >= 1")
     spacing, fov_mm = _check_settings(modality, spacing, fov_mm)
     seed = _check_seed(seed)
+    _check_difficulty(difficulty)
     pairs = case_paths(out_dir, int(cases), modality)
     if not overwrite:
         for path in (p for pair in pairs for p in pair):
@@ -273,8 +250,8 @@ def write_phantom(out_dir, cases: int = 20, modality: str = "ct", seed: int = 0,
     pairs[0][0].parent.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (image_path, label_path) in enumerate(pairs):
-        image, label, affine = generate_case(case_seed(seed, i), modality, spacing, fov_mm)
-        desc = f"heartjax phantom {modality} seed={seed} case={i}"
+        image, label, affine = generate_case(case_seed(seed, i), modality, spacing, fov_mm, difficulty)
+        desc = f"heartjax phantom v{VERSION} difficulty={difficulty} {modality} seed={seed} case={i}"
         _write_nifti(image_path, image, affine, np.int16 if modality == "ct" else np.float32, desc)
         _write_nifti(label_path, label, affine, np.uint16, desc)
         written += [image_path, label_path]
@@ -286,7 +263,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m heartjax.phantom", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (gets ct_train/ or mr_train/)")
     parser.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
-    parser.add_argument("--modality", default="ct", help="ct or mri (default ct)")
+    parser.add_argument("--modality", default="ct", help="ct, mri or cine (thick shifted MRI slices; default ct)")
+    parser.add_argument("--difficulty", type=int, default=DEFAULT_LEVEL,
+                        help=f"0 (easy, the first generator), 1 (realistic) or 2 (harder); default {DEFAULT_LEVEL}")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING, metavar=("X", "Y", "Z"),
                         help="voxel size in mm (default 1.0 1.0 1.6)")
@@ -294,7 +273,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        paths = write_phantom(args.out, args.cases, args.modality, args.seed, tuple(args.spacing), args.overwrite)
+        paths = write_phantom(args.out, args.cases, args.modality, args.seed, tuple(args.spacing), args.overwrite,
+                              difficulty=args.difficulty)
     except HeartjaxError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

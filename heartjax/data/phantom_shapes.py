@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from heartjax.data.phantom_levels import LEVELS, Level
+
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
@@ -193,6 +195,7 @@ class Part:
     wall: float = 0.0
     wall_tissue: int = WALL
     halo: float = 0.0
+    inside: int = 0  # > 0: paint only over voxels already holding this label (detail within a cavity)
 
 
 def _lvq(a, b, c):
@@ -200,24 +203,33 @@ def _lvq(a, b, c):
     return a * _D0 + b * _E2 + c * _E3
 
 
-def sample_patient(rng: np.random.Generator) -> dict:
-    """Draw one patient's anatomy and pose parameters (mm and degrees)."""
-    v_lv = rng.uniform(105e3, 170e3)
+def sample_patient(rng: np.random.Generator, level: Level = LEVELS[0]) -> dict:
+    """Draw one patient's anatomy and pose parameters (mm and degrees) within a difficulty level's ranges."""
+    extra = np.random.default_rng(rng.integers(0, 2 ** 63)) if level.detail else None
+    phase = extra.uniform(0.0, level.phase) if extra is not None else 0.0
+    v_lv = rng.uniform(*level.v_lv) * (1.0 - 0.45 * phase)  # towards end-systole the cavity shrinks
     aspect = rng.uniform(2.7, 3.2)
     rc = (3 * v_lv / (2 * np.pi * aspect)) ** (1 / 3)
-    az, el, roll = rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-12, 12)
+    az, el, roll = rng.uniform(-level.yaw, level.yaw), rng.uniform(-level.tilt, level.tilt), rng.uniform(
+        -level.roll, level.roll)
     # patient rotation: yaw about S-I, tilt of the long axis, roll about the long axis
     tilt_axis = np.cross(_D0, (0.0, 0.0, 1.0))
     rot = rotation((0, 0, 1), az) @ rotation(tilt_axis, el) @ rotation(_D0, roll)
-    return dict(
+    p = dict(
         s=rc / REF_RC, rot=rot, lc=aspect * rc, rc=rc, t=rng.uniform(8.0, 12.0), apex_thin=rng.uniform(0.6, 0.9),
         f_rv=rng.uniform(0.94, 1.08), f_la=rng.uniform(0.9, 1.12), f_ra=rng.uniform(0.88, 1.12),
-        r_ao=rng.uniform(13.5, 16.5), r_pa=rng.uniform(11.0, 13.5), halo=rng.uniform(3.0, 8.0),
+        r_ao=rng.uniform(13.5, 16.5), r_pa=rng.uniform(*level.r_pa), halo=rng.uniform(*level.halo),
         midline=15.0 + rng.uniform(-8, 8), spine_y=-72.0 + rng.uniform(-4, 4), front_y=66.0 + rng.uniform(-2, 6),
-        half_width=rng.uniform(140, 162), fat=rng.uniform(6, 22), muscle=rng.uniform(8, 14),
+        half_width=rng.uniform(*level.half_width), fat=rng.uniform(*level.fat), muscle=rng.uniform(8, 14),
         dome=-40.0 + rng.uniform(-8, 8), dome_left=rng.uniform(5, 15), rib_phase=rng.uniform(0, 27),
-        rib_drop=rng.uniform(70, 100), fov_shift=rng.uniform(-8, 8, 3),
+        rib_drop=rng.uniform(70, 100), fov_shift=rng.uniform(-level.fov_shift, level.fov_shift, 3),
     )
+    if extra is not None:
+        from heartjax.data.phantom_detail import detail_params
+
+        p["t"] *= 1.0 + 0.35 * phase  # the wall thickens as the cavity empties
+        p.update(detail_params(extra, level), phase=phase)
+    return p
 
 
 class _Pose:
@@ -284,12 +296,22 @@ def heart_parts(p: dict) -> list[Part]:
         add(ps.tube([a, b], [6.0, 5.5]), tissue=BLOOD_L, wall=1.5, halo=2.0)
     add(ps.tube([(44, 2, 140), (42, -2, 18)], [10.0, 10.0]), tissue=SVC, wall=1.5, halo=3.0)
     add(ps.tube([(36, -14, -160), (40, -8, -18)], [12.0, 12.0]), tissue=IVC, wall=1.5, halo=2.0)
+    detail = bool(p.get("detail"))
+    if detail:  # unlabelled lumen under the labelled trunks, so the annotator's label ends are free to move
+        from heartjax.data import phantom_detail as dd
+
+        add(ps.tube([pv, pa1, bif], [r_pa, r_pa, 0.95 * r_pa], cut_start=n_pa, cut_end=n_bif), tissue=BLOOD_R,
+            wall=1.5, halo=3.0)
+        add(ps.tube([av, ao1, ao_top], [r_ao, 1.05 * r_ao, r_ao], cut_start=n_ao, cut_end=n_top), tissue=BLOOD_L,
+            wall=1.5, halo=3.0)
     # labelled chambers and vessels, lowest priority first
     eye = np.eye(3)
     add(ps.ellipsoid((42, -6, 0), eye, np.array([24, 22, 28]) * p["f_ra"]), tissue=BLOOD_R, label=L_RA, wall=2.0,
         wall_tissue=MYO, halo=halo)
     add(ps.ellipsoid((3, -24, 15), eye, np.array([34, 17, 24]) * p["f_la"]), tissue=BLOOD_L, label=L_LA, wall=2.0,
         wall_tissue=MYO, halo=halo)
+    if detail:  # the auricles, and inflows that meet the ventricles without a wall (edgeless valve planes)
+        parts.extend(dd.atrial_detail(p, ps, halo))
     add(ps.tube([_lvq(12, 30, -18), pv], [13.0, 12.0], cut_end=n_pa), tissue=BLOOD_R, label=L_RV, wall=3.0,
         wall_tissue=MYO, halo=halo)
     # RV: an ellipsoid around the septal side of the LV; the LV (painted later) carves the crescent, and a cut
@@ -299,14 +321,20 @@ def heart_parts(p: dict) -> list[Part]:
     rv_cuts = [(_D0, -8.0 * _D0), (_E2, -0.1 * r_out * _E2)]
     add(ps.ellipsoid(_lvq(0.12 * lc, 0.36 * r_out, 0), _LV_FRAME, rv_rad, rv_cuts), tissue=BLOOD_R, label=L_RV,
         wall=3.0, wall_tissue=MYO, halo=halo)
-    add(ps.tube([pv, pa1, bif], [r_pa, r_pa, 0.95 * r_pa], cut_start=n_pa, cut_end=n_bif), tissue=BLOOD_R,
+    pa_end, ao_end = bif, ao_top
+    if detail:  # the annotator ends the labels a little short of the bifurcation level (docs/phantom.md)
+        pa_end = bif - p["pa_cut"] / s * unit(n_bif)
+        ao_end = ao_top - p["ao_cut"] / s * unit(n_top)
+    add(ps.tube([pv, pa1, pa_end], [r_pa, r_pa, 0.95 * r_pa], cut_start=n_pa, cut_end=n_bif), tissue=BLOOD_R,
         label=L_PA, wall=1.5, halo=3.0)
-    add(ps.tube([av, ao1, ao_top], [r_ao, 1.05 * r_ao, r_ao], cut_start=n_ao, cut_end=n_top), tissue=BLOOD_L,
+    add(ps.tube([av, ao1, ao_end], [r_ao, 1.05 * r_ao, r_ao], cut_start=n_ao, cut_end=n_top), tissue=BLOOD_L,
         label=L_AO, wall=1.5, halo=3.0)
     outer = np.array([lc + t * p["apex_thin"], rc + t, 0.95 * rc + t])
     add(ps.ellipsoid(np.zeros(3), _LV_FRAME, outer, [base]), tissue=MYO, label=L_MYO, halo=halo)
     add(ps.ellipsoid(np.zeros(3), _LV_FRAME, np.array([lc, rc, 0.95 * rc]), [base]), tissue=BLOOD_L, label=L_LV)
     add(ps.tube([_lvq(18, 8, 0), av], [12.0, 13.0], cut_end=n_ao), tissue=BLOOD_L, label=L_LV)
+    if detail:
+        parts.extend(dd.cavity_detail(p, ps, lc, rc, t, rv_rad, _lvq(0.12 * lc, 0.36 * r_out, 0)))
     return parts
 
 

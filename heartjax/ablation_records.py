@@ -1,0 +1,118 @@
+"""Run records of an ablation study: one small JSON per run (RECORDS/VARIANT-seedS.json), read back and checked.
+
+A record holds the run's settings (preset and overrides, file locations left out), its facts (kinds, steps,
+seconds, the machine) and per-case Dice and HD95 per structure of every kind: everything the study's statistics
+need, nothing more (no images, no predictions), so records can be kept in the repository and aggregated anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import jax
+
+from heartjax import config as config_lib
+from heartjax import experiment
+from heartjax.config import Config
+from heartjax.errors import HeartjaxError
+from heartjax.eval.results import Results
+
+if TYPE_CHECKING:
+    from heartjax.ablation import RunSpec, Study
+
+_RECORD = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)\.json$")
+# Settings that say where files live, not what is computed: ignored when a record is matched to its run.
+LOCAL_KEYS = ("data.dir", "data.phantom_dir", "data.cache_dir", "infer.save_predictions")
+# Where the x value of a run comes from when its config value is None: the size of a part of its split.
+X_FALLBACK = {"data.train_cases": "train", "data.max_cases": "train"}
+
+
+def key_of(override: str) -> str:
+    """The dotted key of a `key=value` override."""
+    return override.split("=", 1)[0].strip()
+
+
+def kept(overrides: Sequence[str]) -> list[str]:
+    """The overrides that change the numbers (LOCAL_KEYS dropped)."""
+    return [o for o in overrides if key_of(o) not in LOCAL_KEYS]
+
+
+def record_path(records: Path, spec: RunSpec) -> Path:
+    """RECORDS/VARIANT-seedS.json."""
+    return Path(records) / f"{spec.name}.json"
+
+
+def x_value(key: str | None, cfg: Config, results: Results):
+    """The x value of a run: its config value at `key` (for a None training-set size, the split's size)."""
+    if key is None:
+        return None
+    value = config_lib.get(cfg, key)
+    if value is None and key in X_FALLBACK and results.split:
+        value = results.split.get(X_FALLBACK[key])
+    return config_lib.json_ready(value)
+
+
+def _case_row(case: Mapping) -> dict:
+    return {"case": case["case"], "dice": case["dice"], "hd95": case.get("hd95", {}),
+            "whole_heart_dice": case.get("whole_heart_dice")}
+
+
+def machine() -> dict:
+    """What a run's seconds were measured on: JAX backend, device kind, device and CPU counts."""
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "devices": jax.device_count(), "cpus": os.cpu_count()}
+
+
+def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | None = None) -> dict:
+    """The small JSON of one run: settings (file locations left out), run facts and per-case Dice / HD95 per
+    structure (no images, no predictions)."""
+    models = results.models
+    return config_lib.json_ready({
+        "study": spec.study, "variant": spec.variant, "seed": spec.seed, "preset": spec.preset, "data": spec.data,
+        "overrides": kept(spec.overrides), "variant_overrides": list(spec.variant_overrides),
+        "kinds": list(spec.kinds), "x": x_value(x_key, spec.cfg, results), "dataset": results.dataset,
+        "labels": list(results.label_names), "split": results.split, "test_cases": list(results.test_cases),
+        "seconds": float(seconds), "machine": machine(),
+        "steps": {k: m.info.get("steps") for k, m in models.items()},
+        "train_seconds": {k: m.info.get("train_seconds") for k, m in models.items()},
+        "per_case": {k: [_case_row(c) for c in m.per_case] for k, m in models.items()},
+    })
+
+
+def load_records(records: Path, study: Study) -> dict[tuple[str, int], dict]:
+    """The study's records in a folder, {(variant, seed): record}; a record whose variant the study defines
+    differently now raises (its numbers belong to other settings)."""
+    out = {}
+    for path in sorted(Path(records).glob("*.json")) if Path(records).is_dir() else []:
+        m = _RECORD.match(path.name)
+        if not m or m["variant"] not in study.variants:
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise HeartjaxError(f"cannot read run record {path} ({e}); delete it to redo that run") from None
+        if rec.get("study") != study.name or rec.get("variant_overrides") != list(study.variants[m["variant"]]):
+            raise HeartjaxError(f"run record {path} was made for variant {m['variant']} = "
+                                f"{rec.get('variant_overrides')} of study {rec.get('study')}, but the study now "
+                                f"defines {list(study.variants[m['variant']])}; delete the record to redo it, or "
+                                f"pass another --records folder")
+        out[(m["variant"], int(m["seed"]))] = rec
+    return out
+
+
+def check_record(spec: RunSpec, rec: Mapping, path: Path) -> None:
+    """A finished record must come from the same preset and overrides (file locations aside) as the run."""
+    if rec.get("preset") != spec.preset or kept(rec.get("overrides", [])) != kept(spec.overrides):
+        raise HeartjaxError(f"run record {path} was made with preset {rec.get('preset')} and overrides "
+                            f"{kept(rec.get('overrides', []))}, not preset {spec.preset} and {kept(spec.overrides)} "
+                            f"as asked now; delete it to redo the run, or pass another --records folder")
+
+
+def settings_of(rec: Mapping, keys: Sequence[str]) -> dict:
+    """The values of config `keys` in the run a record comes from (rebuilt from its preset and overrides)."""
+    cfg = experiment.config(rec["preset"], None, [o for o in rec["overrides"] if key_of(o) not in LOCAL_KEYS])
+    return {k: config_lib.json_ready(config_lib.get(cfg, k)) for k in keys}

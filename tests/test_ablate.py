@@ -1,0 +1,248 @@
+"""Ablation studies: every shipped study expands into valid configs; the statistics pair by patient; a tiny study
+runs end to end at the smoke preset with 2 seeds, is killed mid-run, resumed without redoing a finished run, and
+ends with the same ablation.json as an uninterrupted run; outputs, HParams events and refusals."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from experiments import ablate, studies
+from heartjax import ablation, ablation_records, ablation_report
+from heartjax import config as config_lib
+from heartjax.ablation_stats import aggregate
+from heartjax.errors import HeartjaxError
+
+# Config fields a shipped study needs that heartjax.config may not have yet (the study is then expected to fail).
+PENDING = {"transfer": "data.test_phantom_modality"}
+
+
+def strip_timing(x):
+    """Drop wall-clock fields (names ending in "seconds"), the only ones allowed to differ between two runs."""
+    if isinstance(x, dict):
+        return {k: strip_timing(v) for k, v in x.items() if not k.endswith("seconds")}
+    if isinstance(x, list):
+        return [strip_timing(v) for v in x]
+    return x
+
+
+@pytest.mark.parametrize("name", studies.NAMES)
+def test_shipped_study_expands_into_valid_configs(name):
+    study = studies.load(name)
+    assert study.name == name and study.description and study.kinds
+    for preset in study.presets:
+        try:
+            runs = ablation.expand(study, preset, seeds=2)
+        except HeartjaxError as e:
+            if name in PENDING and PENDING[name] in str(e):
+                pytest.xfail(f"study {name} needs the config setting {PENDING[name]}")
+            raise
+        assert [(r.variant, r.seed) for r in runs] == [(v, s) for s in (0, 1) for v in study.variants]
+        for r in runs:
+            assert r.cfg.seed == r.seed and set(r.kinds) <= {"2d", "2.5d", "3d"}
+            assert r.cfg.data.seed == 0  # the training seed never moves the patients
+        if study.x:
+            for r in runs:
+                assert config_lib.get(r.cfg, study.x) is not None or study.x in ablation_records.X_FALLBACK
+
+
+def test_list_and_refusals(tmp_path, capsys):
+    assert ablate.cli(["--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(studies.NAMES)
+    assert ablate.cli(["no_such_study"]) == 2
+    assert "unknown study 'no_such_study'" in capsys.readouterr().err
+    assert ablate.cli(["norm", "--preset", "smoke", "--workdir", str(tmp_path), "model.nrom=batch"]) == 2
+    err = capsys.readouterr().err
+    assert "study norm" in err and "model.nrom" in err
+    with pytest.raises(HeartjaxError, match="names no variant"):
+        ablation.Study("s", "d", variants={"a": ()}, reference="b")
+    with pytest.raises(HeartjaxError, match="list of overrides"):
+        ablation.Study("s", "d", variants={"a": "model.norm=batch"})
+    assert ablate.cli(["norm", "--aggregate-only", "--records", str(tmp_path / "none")]) == 2
+    assert "no run records" in capsys.readouterr().err
+
+
+# ---- statistics and schema on hand-made records ---------------------------------------------------------------
+
+LABELS = ["LV", "RV"]
+
+
+def fake_record(variant, seed, overrides, dice, kinds=("2d",)):
+    """A run record with per-case Dice {case: (LV, RV)} for every kind (the 3D numbers shifted by +0.01)."""
+    per_case = {k: [{"case": c, "dice": {"LV": lv + 0.01 * i, "RV": rv}, "hd95": {"LV": 2.0, "RV": 3.0 + seed},
+                     "whole_heart_dice": 0.9} for c, (lv, rv) in dice.items()] for i, k in enumerate(kinds)}
+    return {"study": "toy", "variant": variant, "seed": seed, "preset": "smoke", "data": None,
+            "overrides": ["train.models=['2d']", *overrides, f"seed={seed}"], "variant_overrides": list(overrides),
+            "kinds": list(kinds), "x": None, "dataset": "phantom-ct", "labels": LABELS, "split": {"train": 3},
+            "test_cases": list(dice), "seconds": 10.0 + seed, "steps": {k: 8 for k in kinds},
+            "train_seconds": {k: 4.0 for k in kinds}, "per_case": per_case}
+
+
+TOY = ablation.Study("toy", "toy study", variants={"base": (), "bn": ("model.norm=batch",)}, kinds=("2d", "3d"))
+
+
+def toy_records():
+    """6 patients x 3 seeds; the variant's LV is better by a known per-patient amount plus seed noise."""
+    rng = np.random.default_rng(0)
+    gain = np.array([0.05, -0.01, 0.03, 0.02, 0.04, -0.02])
+    recs = {}
+    for seed in range(3):
+        base = {f"p{i}": (0.7 + 0.01 * i + 0.01 * seed, 0.6) for i in range(6)}
+        noise = rng.normal(0, 0.01, 6)
+        bn = {c: (lv + g + e, rv) for (c, (lv, rv)), g, e in zip(base.items(), gain, noise)}
+        recs[("base", seed)] = fake_record("base", seed, (), base, ("2d", "3d"))
+        recs[("bn", seed)] = fake_record("bn", seed, ("model.norm=batch",), bn, ("2d", "3d"))
+    return recs
+
+
+def test_wilcoxon_pairs_patients_averaged_over_seeds():
+    recs = toy_records()
+    a = aggregate(TOY, recs, [(v, s) for s in range(4) for v in TOY.variants])
+    case_mean = lambda r, k: np.array([np.mean(list(c["dice"].values())) for c in r["per_case"][k]])
+    diffs = np.mean([case_mean(recs[("bn", s)], "2d") - case_mean(recs[("base", s)], "2d") for s in range(3)], axis=0)
+    t = a["variants"]["bn"]["vs_baseline"]["2d"]
+    assert t["test"] == "wilcoxon" and t["n"] == 6 and t["seeds"] == 3 and t["n_pairs"] == 18
+    assert t["diff"] == pytest.approx(diffs.mean())
+    assert t["p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    pooled = [x for s in range(3) for x in case_mean(recs[("bn", s)], "2d") - case_mean(recs[("base", s)], "2d")]
+    assert t["p"] != pytest.approx(stats.wilcoxon(pooled).pvalue)  # not 18 pseudo-independent pairs
+    assert a["variants"]["base"]["vs_baseline"]["2d"] is None  # the reference is not compared with itself
+    k = a["variants"]["base"]["vs_kind"]["3d_minus_2d"]
+    assert k["diff"] == pytest.approx(0.005) and k["n"] == 6  # the 3D LV is +0.01, RV equal: mean +0.005
+    # mean Dice: sd over the seeds' own means; per structure n counts (patient, seed) values
+    md = a["variants"]["base"]["mean_dice"]["2d"]
+    per_seed = [np.mean([0.7 + 0.01 * i + 0.01 * s for i in range(6)]) / 2 + 0.3 for s in range(3)]
+    assert md["per_seed"] == pytest.approx(per_seed) and md["n"] == 3
+    assert md["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    ps = a["variants"]["base"]["per_structure"]["2d"]["RV"]
+    assert ps == {"dice_mean": pytest.approx(0.6), "dice_sd": pytest.approx(0.0), "hd95_mean": pytest.approx(4.0),
+                  "n": 18}
+    assert a["missing"] == ["base-seed3", "bn-seed3"] and not a["complete"]
+
+
+def test_schema_markdown_figure_and_hparams(tmp_path):
+    recs = toy_records()
+    a = aggregate(TOY, recs)
+    assert set(a) >= {"study", "baseline", "variants", "kinds", "labels", "statistics", "complete", "missing"}
+    assert a["baseline"] == {"variant": "base", "overrides": []}
+    for v in a["variants"].values():
+        assert set(v) >= {"overrides", "kinds", "seeds", "per_structure", "mean_dice", "vs_baseline"}
+        assert v["seeds"] == [0, 1, 2] and set(v["per_structure"]) == {"2d", "3d"}
+        for kind in v["kinds"]:
+            assert set(v["per_structure"][kind]) == set(LABELS)
+            assert set(v["per_structure"][kind]["LV"]) == {"dice_mean", "dice_sd", "hd95_mean", "n"}
+            assert set(v["mean_dice"][kind]) >= {"mean", "sd", "n"}
+    json.dumps(a, allow_nan=False)
+    ablation_report.write_outputs(tmp_path, TOY, a, recs, ablation_records.settings_of)
+    assert json.loads((tmp_path / "ablation.json").read_text()) == a
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| bn |" in md and "Wilcoxon" in md and "averaged over the shared seeds" in md
+    assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    sessions = sorted(p.name for p in (tmp_path / "hparams").iterdir())
+    assert sessions == sorted(f"{v}-seed{s}-{k}" for v in ("base", "bn") for s in range(3) for k in ("2d", "3d"))
+    hp = read_hparams(tmp_path / "hparams" / "bn-seed2-3d")
+    assert hp["model.norm"].string_value == "batch" and hp["kind"].string_value == "3d"
+    assert hp["seed"].number_value == 2 and hp["variant"].string_value == "bn"
+    assert read_hparams(tmp_path / "hparams" / "base-seed0-2d")["model.norm"].string_value == "instance"
+    # one HParams type per key: a None among numbers (e.g. "all" training patients) turns the key into strings
+    assert ablation_report._one_type([{"n": None, "s": 4}, {"n": 4, "s": 8}]) == [{"n": "null", "s": 4},
+                                                                                {"n": "4", "s": 8}]
+
+
+def read_hparams(logdir):
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+
+
+# ---- end to end at the smoke preset ----------------------------------------------------------------------------
+
+TINY = ablation.Study("tiny", "two step budgets, 2D only", kinds=("2d",), x="train.steps",
+                      variants={"steps4": ("train.steps=4",), "steps6": ("train.steps=6",)}, seeds=2)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    extra = [f"data.phantom_dir={root / 'phantom'}", f"data.cache_dir={root / 'cache'}", "data.folds=2",
+             "infer.save_predictions=False"]
+    return root, extra
+
+
+def counting(calls):
+    def run_fn(cfg, workdir, **kw):
+        calls.append((workdir.parent.name, workdir.name, kw["resume"]))
+        return ablation.experiment.run(cfg, workdir, **kw)
+    return run_fn
+
+
+def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
+    root, extra = tiny_env
+    lines, calls = [], []
+    full = ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "a", extra=extra, run_fn=counting(calls),
+                              log=lines.append)
+    assert len(calls) == 4 and full["complete"] and full["runs"] == 4
+    assert lines[0].startswith("[1/4] tiny steps4 seed 0: ran") and "study ETA" in lines[0]
+    assert "[4/4]" in lines[3] and "ETA" not in lines[3]
+    assert [v["x"] for v in full["variants"].values()] == [4, 6]
+    assert full["variants"]["steps6"]["steps"]["2d"] == 6
+
+    # killed while the third run scores its model (after training, checkpoints written)
+    seen, calls = [], []
+
+    def kill_third(msg, *a, **k):
+        seen.append(msg)
+        if len(calls) == 3 and "trained" in msg:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra, run_fn=counting(calls),
+                           run_log=kill_third)
+    records = root / "b" / "tiny" / "records"
+    assert sorted(p.name for p in records.glob("*.json")) == ["steps4-seed0.json", "steps6-seed0.json"]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
+    with pytest.raises(HeartjaxError, match="--resume"):
+        ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra)
+    calls, seen = [], []
+    resumed = ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra, run_fn=counting(calls),
+                                 resume=True, log=lambda *a: None, run_log=seen.append)
+    assert calls == [("steps4", "seed1", True), ("steps6", "seed1", False)]  # no finished run redone
+    assert any("resuming from step 4" in m for m in seen)
+    assert {p.name: p.stat().st_mtime_ns for p in records.glob("steps*-seed0.json")} == mtimes
+    assert strip_timing(resumed) == strip_timing(full)
+    on_disk = json.loads((root / "b" / "tiny" / "ablation.json").read_text())
+    assert strip_timing(on_disk) == strip_timing(json.loads((root / "a" / "tiny" / "ablation.json").read_text()))
+
+    rec = json.loads((records / "steps6-seed1.json").read_text())
+    assert {"overrides", "seed", "kinds", "steps", "seconds", "per_case", "machine"} <= set(rec)
+    assert rec["seed"] == 1 and rec["steps"] == {"2d": 6} and rec["overrides"][-2:] == ["train.steps=6", "seed=1"]
+    assert not any("phantom_dir" in o or "cache_dir" in o for o in rec["overrides"])  # no machine's paths
+    assert set(rec["per_case"]["2d"][0]) == {"case", "dice", "hd95", "whole_heart_dice"}
+
+    # aggregation from the records alone (another machine; the study from its own file), and a stale record refused
+    study_file = root / "tiny_study.py"
+    study_file.write_text("from heartjax.ablation import Study\nSTUDY = Study('tiny', 'two step budgets, 2D only', "
+                          "kinds=('2d',), x='train.steps', variants={'steps4': ('train.steps=4',), "
+                          "'steps6': ('train.steps=6',)}, seeds=2)\n")
+    assert ablate.cli([str(study_file), "--aggregate-only", "--records", str(records), "--workdir", str(root / "c")]) == 0
+    again = json.loads((root / "c" / "tiny" / "ablation.json").read_text())
+    assert strip_timing(again) == strip_timing(full)
+    assert (root / "c" / "tiny" / "ablation.png").exists()
+    assert read_hparams(root / "c" / "tiny" / "hparams" / "steps6-seed1-2d")["train.steps"].number_value == 6
+    calls = []
+    with pytest.raises(HeartjaxError, match="delete it to redo the run"):  # other overrides than recorded
+        ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=[*extra, "train.log_every=1"],
+                           resume=True, run_fn=counting(calls))
+    assert calls == []
+    changed = ablation.Study("tiny", "d", kinds=("2d",), variants={"steps4": ("train.steps=5",)})
+    with pytest.raises(HeartjaxError, match="delete the record"):
+        ablation.aggregate_study(changed, records, root / "d")
