@@ -43,6 +43,7 @@ class DataConfig:
     val_cases: int = 4               # taken from the training patients for checkpoint selection
     max_cases: int | None = None     # use only the first N cases (quick looks at big folders)
     train_cases: int | None = None   # train on N of the training patients (nested subsets); val and test unchanged
+    test_phantom_modality: str | None = None  # score the test patients' scans in this phantom modality instead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +272,9 @@ def _rules(cfg: Config):
     yield "data.val_cases", _int(d.val_cases, 1), "must be a positive integer"
     yield "data.max_cases", d.max_cases is None or _int(d.max_cases, 3), "must be None or an integer >= 3"
     yield "data.train_cases", d.train_cases is None or _int(d.train_cases, 1), "must be None or an integer >= 1"
+    yield "data.test_phantom_modality", d.test_phantom_modality is None or (
+        d.test_phantom_modality in ("ct", "mri", "cine") and d.dir is None), \
+        "must be None, or 'ct', 'mri' or 'cine' with the built-in phantom (data.dir None)"
     yield "plan.target_spacing", p.target_spacing is None or _nums(p.target_spacing, 3), \
         "must be None (nnU-Net's rule) or three positive numbers (mm)"
     yield "plan.depth", _int(p.depth, 1), "must be a positive integer"

@@ -90,6 +90,13 @@ class Prepared:
     split: dict[str, list[str]]
     plan: Plan
     pre: dict
+    test_store: cases_lib.CaseStore | None = None  # data.test_phantom_modality: the test scans' own store
+    test_ids: list[str] | None = None              # and their case ids (else split["test"] in `store`)
+
+    @property
+    def scored(self) -> tuple[cases_lib.CaseStore, list[str]]:
+        """The store and case ids of the scans the test scores are computed on."""
+        return (self.test_store or self.store), (self.test_ids or self.split["test"])
 
 
 def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
@@ -114,7 +121,14 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
         f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
     pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
     store.release(split["train"], keep_labels=split["val"] + split["test"], keep_image=tuple(split["test"][:1]))
-    return Prepared(ds, store, split, plan, pre)
+    test_store = test_ids = None
+    if cfg.data.test_phantom_modality not in (None, cfg.data.phantom_modality):
+        other, test_ids, test_plan = cases_lib.cross_modality(ds, cfg.data, split, plan, log)
+        test_store = cases_lib.CaseStore(other)
+        pre.update(cases_lib.preprocess_ids(test_store, test_ids, test_plan, cfg.data.cache_dir))
+        log(f"test scans: the same {len(test_ids)} test patients in {cfg.data.test_phantom_modality.upper()} "
+            f"({other.root}), normalised as {test_plan.normalization}")
+    return Prepared(ds, store, split, plan, pre, test_store, test_ids)
 
 
 def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: bool = False,
@@ -144,8 +158,9 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
     figs.mkdir(exist_ok=True)
     plot_dice_bars({k: {n: (m.per_structure[n].dice_mean or 0.0) for n in names} for k, m in results.models.items()},
                    figs / "dice_per_structure.png", title=f"Test Dice per structure ({results.dataset})")
-    case = prep.split["test"][0]
-    vol = prep.store.volume(case)
+    store, ids = prep.scored
+    case = ids[0]
+    vol = store.volume(case)
     preds = {}
     for kind in results.models:
         p = workdir / "predictions" / kind / f"{case}.nii.gz"
@@ -156,7 +171,11 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
 
 
 def _dataset_name(cfg: Config) -> str:
-    return "phantom-" + cfg.data.phantom_modality if cfg.data.dir is None else str(cfg.data.dir)
+    if cfg.data.dir is not None:
+        return str(cfg.data.dir)
+    test = cfg.data.test_phantom_modality
+    return "phantom-" + cfg.data.phantom_modality + (f"-tested-on-{test}" if test not in (None, cfg.data.phantom_modality)
+                                                     else "")
 
 
 def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = False,
@@ -165,7 +184,7 @@ def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = F
     prep = prepare(cfg, workdir, log)
     models = {kind: run_model(kind, cfg, prep, workdir, resume, log) for kind in kinds}
     names = list(prep.ds.scheme.names)
-    results = Results(_dataset_name(cfg), prep.ds.layout, names, models, prep.split["test"], cfg.seed,
+    results = Results(_dataset_name(cfg), prep.ds.layout, names, models, prep.scored[1], cfg.seed,
                       cfg.data.seed, {k: len(v) for k, v in prep.split.items()}, comparisons=compare(models, names))
     data = results.to_json()
     if _primary():

@@ -115,15 +115,16 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     best, _ = ckpt.restore("best", _abstract(weights(state), parallel.replicated))
     ckpt.close()
     log(f"[{kind}] trained {loop.step} steps in {loop.train_seconds:.0f} s; best EMA val Dice {loop.best_ema:.3f} "
-        f"at step {loop.best_step}; evaluating {len(prep.split['test'])} test patients")
+        f"at step {loop.best_step}; evaluating {len(prep.scored[1])} test patients")
     decision = _decide_postprocessing(spec, predict, best, prep, names)
     log(f"[{kind}] largest-component post-processing on validation: "
         f"{'kept' if decision['largest_component'] else 'not kept'}")
     per_case, per_case_pp, infer_seconds = [], [], []
     pred_dir = workdir / "predictions" / kind
     pred_dir.mkdir(parents=True, exist_ok=True)
-    for i, cid in enumerate(prep.split["test"]):
-        vol, pre = prep.store.volume(cid), prep.pre[cid]
+    store, test_ids = prep.scored
+    for i, cid in enumerate(test_ids):
+        vol, pre = store.volume(cid), prep.pre[cid]
         t0 = time.perf_counter()
         probs = spec.predict_volume(lambda x: predict(best, x), pre.image)
         labels = preprocess.restore(probs, pre)

@@ -125,3 +125,28 @@ def preprocess_ids(store: CaseStore, ids, plan: plan_lib.Plan, cache_dir) -> dic
     """Preprocess (or load from the cache) the given cases."""
     cases = [store.ds.case(i) for i in ids]
     return preprocess.preprocess_cases(cases, plan, store.ds.scheme, cache_dir, lambda c: store.volume(c.case_id))
+
+
+def cross_modality(ds: datasets.Dataset, d: DataConfig, split: dict, plan: plan_lib.Plan, log: Callable = print):
+    """The test patients' scans in the phantom modality `data.test_phantom_modality` (the same patients: same data
+    seed, cases, spacing and difficulty), with the plan of the training modality for geometry and the test
+    modality's own normalisation (from its fingerprint of the same training patients).
+
+    Returns (test dataset, its case ids in the order of split["test"], the plan for the test scans).
+    """
+    other = resolve_dataset(dataclasses.replace(d, phantom_modality=d.test_phantom_modality), log)
+    if len(other.cases) != len(ds.cases):
+        raise HeartjaxError(f"phantom {phantom_folder(dataclasses.replace(d, phantom_modality=d.test_phantom_modality))} "
+                            f"has {len(other.cases)} cases, not {len(ds.cases)}; delete it to have it rewritten")
+    index = {c.case_id: i for i, c in enumerate(ds.cases)}
+    mapped = {cid: other.cases[index[cid]].case_id for ids in split.values() for cid in ids}
+    own = make_plan(CaseStore(other), [mapped[c] for c in split["train"]], _plan_config(plan), d.seed)
+    norm = {k: getattr(own, k) for k in ("modality", "normalization", "ct_clip", "ct_mean", "ct_std")}
+    return other, [mapped[c] for c in split["test"]], dataclasses.replace(plan, **norm)
+
+
+def _plan_config(plan: plan_lib.Plan) -> PlanConfig:
+    """A PlanConfig that reproduces a plan's geometry (for a second fingerprint whose normalisation is wanted)."""
+    return PlanConfig(target_spacing=plan.target_spacing, depth=plan.depth, patch_3d=plan.patch_3d,
+                      patch_2d=plan.patch_2d, batch_3d=plan.batch_3d, batch_2d=plan.batch_2d,
+                      crop_margin_mm=plan.crop_margin_mm)
