@@ -10,6 +10,10 @@ file) is reported and skipped; the others are still scored and written, and the 
 Writes `evaluation.json` ({"scheme", "names", "pred_dir", "truth_dir", "cases", "summary"}, with "cases" the
 pairing and status of every case, "summary" the `evaluation.model_results` block) and `evaluation.csv` (one row
 per scored case) atomically, by default into PRED_DIR, and prints a per-structure table.
+
+Exit status: 0 every case scored; 1 a case could not be scored (the others are written); 2 a usage error (a folder
+missing or unreadable, --out not writable, no pairs, the scheme not inferable): one `error:` line naming the path
+and what to do, nothing written.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from heartjax import atomic
+from heartjax import atomic, cli_paths
 from heartjax.data import filenames
 from heartjax.data import labels as labels_lib
 from heartjax.data import nifti
@@ -66,8 +70,7 @@ def pair_files(pred_dir, truth_dir) -> list[Pair]:
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     for what, folder in (("prediction", pred_dir), ("truth", truth_dir)):
-        if not folder.is_dir():
-            raise HeartjaxError(f"{what} folder {folder} does not exist or is not a folder; check the path.")
+        cli_paths.check_input_folder(folder, what)
     preds, truths = _files_by_key(pred_dir), _files_by_key(truth_dir)
     pairs = []
     for key in sorted(set(preds) | set(truths), key=natural_key):
@@ -153,7 +156,7 @@ def evaluate_folders(pred_dir, truth_dir, scheme=None, workers: int = 1, allow_m
             f"{preds[:8]}{' ...' if len(preds) > 8 else ''}, truth names {truths[:8]}"
             f"{' ...' if len(truths) > 8 else ''} (suffixes stripped). A prediction X.nii(.gz) pairs with truth "
             f"{_TRIED}; rename the files so the names match."
-            + "".join(f"\n  {p.error}" for p in pairs if "several files" in p.error)
+            + "".join(f" {p.error}" for p in pairs if "several files" in p.error)
         )
     scheme = labels_lib.resolve_scheme(scheme) if scheme is not None else infer_scheme([p.truth for p in scorable])
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
@@ -204,8 +207,11 @@ def _cell(value) -> str:
 
 
 def output_paths(out: str | os.PathLike | None, pred_dir) -> tuple[Path, Path]:
-    """(json, csv) paths: PRED_DIR/evaluation.*, or --out FILE as FILE.json/FILE.csv (a .json/.csv ending kept)."""
+    """(json, csv) paths: PRED_DIR/evaluation.*, or --out FILE as FILE.json/FILE.csv (a .json/.csv ending kept);
+    an --out that is an existing folder gets FOLDER/evaluation.*."""
     base = Path(pred_dir) / "evaluation" if out is None else Path(out)
+    if out is not None and base.is_dir():
+        base = base / "evaluation"
     if base.suffix.lower() in (".json", ".csv"):
         base = base.with_suffix("")
     return base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
@@ -249,8 +255,15 @@ def _report_warnings(caught: list) -> None:
         print(f"warning: ... and {len(seen) - 3} more warnings like these for other files", file=sys.stderr)
 
 
+def check_outputs(out, pred_dir) -> None:
+    """Refuse, before any scoring, output files that cannot be written (HeartjaxError naming the path)."""
+    for path in output_paths(out, pred_dir):
+        cli_paths.check_output_file(path, "--out" if out is not None else "output")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry; returns the exit code (0 all scored, 1 a case failed or nothing to score)."""
+    """Command line entry; returns the exit code (0 all scored, 1 a case failed or nothing could be scored, 2 a usage
+    error: nothing written)."""
     parser = argparse.ArgumentParser(prog="python -m heartjax.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("pred_dir", help="folder of predicted label maps (NIfTI)")
     parser.add_argument("truth_dir", help="folder of ground-truth label maps (NIfTI)")
@@ -264,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: give 1 or more")
     try:
+        cli_paths.check_input_folder(Path(args.pred_dir), "prediction")
+        check_outputs(args.out, args.pred_dir)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_folders(args.pred_dir, args.truth_dir, args.scheme, args.workers, args.allow_missing,
@@ -271,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_warnings(caught)
     except HeartjaxError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
+    except OSError as err:  # e.g. a folder listed but not readable
+        print(f"error: {err.filename or args.pred_dir}: {err.strerror or err}; check the folder's permissions",
+              file=sys.stderr)
+        return 2
     errors = [c["error"] for c in result["cases"] if c["status"] == "error"]
     missing = [c["case"] for c in result["cases"] if c["status"] == "missing_prediction"]
     for text in errors[:_MAX_LISTED]:
@@ -286,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: none of the cases could be scored ({len(errors)} failed); nothing written", file=sys.stderr)
         return 1
     print("\n".join(format_table(result)))
-    json_path, csv_path = write_results(result, args.out)
+    try:
+        json_path, csv_path = write_results(result, args.out)
+    except OSError as err:
+        print(f"error: could not write the results ({type(err).__name__}: {err}); free space or choose another "
+              f"--out", file=sys.stderr)
+        return 2
     print(f"wrote {json_path} and {csv_path}")
     if errors:
         n_missing = sum("has no prediction in" in text for text in errors)

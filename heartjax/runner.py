@@ -41,18 +41,33 @@ def make_val_fn(spec: ModelSpec, predict: Callable, cases, cfg: Config, names) -
     sampler = spec.sampler(cases, rng.seed_for(cfg.data.seed, f"val/{spec.name}"), 0.5, batch=spec.infer_batch)
     batches = [sampler.batch(i) for i in range(max(1, cfg.train.val_patches // spec.infer_batch))]
     k = len(names) + 1
+    watch = int(np.argmax([(lbl > 0).sum() for lbl in batches[0][1]]))  # the first batch's most-foreground sample
 
     def val_fn(state):
-        total = None
-        for img, lbl in batches:
+        total, overlay = None, None
+        for i, (img, lbl) in enumerate(batches):
             pred = np.asarray(predict(state, img)).argmax(-1)
             c = jax.device_get(confusion_counts(pred, lbl.astype(np.int32), k))
             total = c if total is None else add_counts(total, c)
+            if i == 0:
+                overlay = _watch_overlay(img[watch], lbl[watch], pred[watch], k)
         m = case_metrics(total, names)
         dice = [v for v in m["dice"].values() if np.isfinite(v)]
-        return {"dice": float(np.mean(dice)) if dice else 0.0, **{f"dice/{n}": v for n, v in m["dice"].items()}}
+        return {"dice": float(np.mean(dice)) if dice else 0.0, **{f"dice/{n}": v for n, v in m["dice"].items()},
+                "overlay": overlay}
 
     return val_fn
+
+
+def _watch_overlay(image, label, pred, num_classes: int) -> np.ndarray:
+    """The validation sample TensorBoard watches: its centre slice (3D patches: along the last axis; several input
+    channels: the centre one) with the reference and the prediction as contours."""
+    image, label, pred = np.asarray(image), np.asarray(label), np.asarray(pred)
+    image = image[..., image.shape[-1] // 2]
+    if label.ndim == 3:
+        mid = label.shape[2] // 2
+        image, label, pred = image[:, :, mid], label[:, :, mid], pred[:, :, mid]
+    return overlay_contours(image, label.astype(np.int32), pred.astype(np.int32), num_classes)
 
 
 def _abstract(tree, sharding):
@@ -94,7 +109,7 @@ def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writ
 
 
 def _decide_postprocessing(spec, predict, best, prep, names) -> dict:
-    """nnU-Net's rule on the validation patients: keep the largest component per structure only if it helps."""
+    """On the validation patients, per structure: keep its main component only where that helps."""
     cases = []
     for cid in prep.split["val"]:
         vol = prep.store.volume(cid)
@@ -117,8 +132,9 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     log(f"[{kind}] trained {loop.step} steps in {loop.train_seconds:.0f} s; best EMA val Dice {loop.best_ema:.3f} "
         f"at step {loop.best_step}; evaluating {len(prep.scored[1])} test patients")
     decision = _decide_postprocessing(spec, predict, best, prep, names)
-    log(f"[{kind}] largest-component post-processing on validation: "
-        f"{'kept' if decision['largest_component'] else 'not kept'}")
+    kept = [n for n, k in decision["per_structure"].items() if k]
+    log(f"[{kind}] main-component post-processing, decided per structure on validation: "
+        f"{', '.join(kept) if kept else 'none'}")
     per_case, per_case_pp, infer_seconds = [], [], []
     pred_dir = workdir / "predictions" / kind
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +146,8 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         labels = preprocess.restore(probs, pre)
         infer_seconds.append(time.perf_counter() - t0)
         per_case.append(scoring.score_case(labels, vol.label, vol.spacing, names, cid))
-        per_case_pp.append(scoring.score_case(postprocess.keep_largest_component(labels), vol.label, vol.spacing,
-                                              names, cid))
+        per_case_pp.append(scoring.score_case(postprocess.apply(labels, decision), vol.label, vol.spacing, names,
+                                              cid))
         if cfg.infer.save_predictions and primary:
             nifti.save_label(pred_dir / f"{cid}.nii.gz", labels, vol.grid, scheme, overwrite=True)
         if i == 0:

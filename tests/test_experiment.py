@@ -18,11 +18,16 @@ from heartjax.data import nifti
 from heartjax.data.labels import MMWHS
 from heartjax.data.plan import Plan
 from heartjax.eval import report
-from heartjax.eval.postprocess import keep_largest_component
+from heartjax.eval.postprocess import apply as postprocess_apply
 from heartjax.eval.scoring import score_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+
+def as_decided(codes, decision):
+    """An MM-WHS code map post-processed as a run's validation decided (on label indices, as predict does)."""
+    return MMWHS.decode(postprocess_apply(MMWHS.encode(codes), decision))
 
 def cli_env(cwd):
     """The subprocess environment: the repo on the path and a persistent compilation cache shared by the runs of
@@ -93,6 +98,9 @@ def test_tensorboard_tags(smoke_run):
         scalars = set(acc.Tags()["scalars"])
         assert {"train/loss", "train/lr", "val/dice", "val/dice_ema", "val/dice/LV", "test/dice/LV"} <= scalars
         assert "test/overlay" in acc.Tags()["images"]
+        assert {"train/steps_per_second", "train/eta_minutes"} <= scalars
+        watched = acc.Images("val/overlay")  # the validation sample at every evaluation, read back from the events
+        assert len({e.step for e in watched}) > 1 and all(e.width > 8 and e.height > 8 for e in watched)
         losses = [e.value for e in acc.Scalars("train/loss")]
         assert len(losses) >= 4 and all(np.isfinite(losses))
 
@@ -150,9 +158,9 @@ def test_run_folder_is_a_model(smoke_run, workspace):
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 205, 420, 500, 550, 600, 820, 850}
     # the experiment's own prediction of this case is the same model on the same scan
     ref = np.asarray(nib.load(smoke_run / "predictions" / "3d" / f"{case}.nii.gz").dataobj)
-    kept = json.loads((smoke_run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]
+    decision = json.loads((smoke_run / "eval_3d.json").read_text())["postprocessing"]
     # the experiment's own (raw) prediction of this case, post-processed as validation decided, is what predict writes
-    assert np.array_equal(keep_largest_component(ref) if kept else ref, np.asarray(pred.dataobj))
+    assert np.array_equal(as_decided(ref, decision), np.asarray(pred.dataobj))
     again = run_cli(["heartjax.predict", str(smoke_run), str(scan), "--out", str(out)], cwd=workspace, check=False)
     assert again.returncode != 0 and "--overwrite" in again.stdout + again.stderr
     truth = workspace / "truth"
@@ -161,7 +169,7 @@ def test_run_folder_is_a_model(smoke_run, workspace):
     run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores.json")],
             cwd=workspace)
     got = json.loads((workspace / "scores.json").read_text())["summary"]["per_case"][0]
-    if kept:  # scored here with the one metric implementation, on the truth's grid
+    if decision["classes"]:  # scored here with the one metric implementation, on the truth's grid
         vol = nifti.load_volume(scan, folder / f"{case}_label.nii.gz", MMWHS, case=case)
         pred_idx, _ = nifti.load_label_file(written, MMWHS, reference_grid=vol.grid)
         exp = score_case(pred_idx, vol.label, vol.spacing, list(MMWHS.names), case)
@@ -197,7 +205,7 @@ def test_acdc_results_sit_beside_the_reference_figures():
                      "largest_component_test": {"per_structure": per(0.70), "mean_dice": 0.70}}}
     text = "\n".join(report.reference_section("acdc", models, ["RV", "MYO", "LV"]))
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "0.850 ± 0.010" in rows["this run, 2d"] and "largest-component" in rows["this run, 2d"]
+    assert "0.850 ± 0.010" in rows["this run, 2d"] and "post-processing validation chose" in rows["this run, 2d"]
     assert "0.800 ± 0.010" in rows["this run, 3d"] and "raw network output" in rows["this run, 3d"]
     assert "0.900" in rows["MONAI 2D recipe"] and "0.910" in rows["MONAI 2D recipe"]
     assert "0.915" in rows["nnU-Net (published)"] and "What differs" in text
@@ -294,5 +302,5 @@ def test_25d_kind_trains_scores_and_predicts(workspace):
             cwd=workspace)
     got = np.asarray(nib.load(workspace / "preds25" / scan.name).dataobj)
     ref = np.asarray(nib.load(run / "predictions" / "2.5d" / f"{case}.nii.gz").dataobj)
-    kept = json.loads((run / "eval_2.5d.json").read_text())["postprocessing"]["largest_component"]
-    assert np.array_equal(keep_largest_component(ref) if kept else ref, got)
+    decision = json.loads((run / "eval_2.5d.json").read_text())["postprocessing"]
+    assert np.array_equal(as_decided(ref, decision), got)

@@ -17,12 +17,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from heartjax.data.labels import MMWHS
 from heartjax.errors import HeartjaxError
-from heartjax.eval.postprocess import keep_largest_component
+from heartjax.eval.postprocess import apply as postprocess_apply
 from heartjax.train.parallel import DataParallel, Feed
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+
+def as_decided(codes, decision):
+    """An MM-WHS code map post-processed as a run's validation decided (on label indices, as predict does)."""
+    return MMWHS.decode(postprocess_apply(MMWHS.encode(codes), decision))
 
 def _env(devices: int):
     flags = os.environ.get("XLA_FLAGS", "")
@@ -123,8 +129,8 @@ def test_two_processes_write_one_run_that_restores_anywhere(workspace):
     assert p.returncode == 0, p.stdout + p.stderr
     got = np.asarray(nib.load(workspace / "p" / scan.name).dataobj)
     ref = np.asarray(nib.load(run / "predictions" / "3d" / f"{case}.nii.gz").dataobj)
-    kept = json.loads((run / "eval_3d.json").read_text())["postprocessing"]["largest_component"]
-    assert np.array_equal(keep_largest_component(ref) if kept else ref, got)
+    decision = json.loads((run / "eval_3d.json").read_text())["postprocessing"]
+    assert np.array_equal(as_decided(ref, decision), got)
 
 
 def test_results_md_prints_the_mesh():

@@ -1,11 +1,11 @@
-"""Largest-connected-component post-processing on hand-built label maps, and the rule that decides on it."""
+"""Connected-component post-processing on hand-built label maps, and the per-structure rule that decides on it."""
 
 import json
 
 import numpy as np
 import pytest
 
-from heartjax.eval.postprocess import decide, keep_largest_component
+from heartjax.eval.postprocess import apply, decide, keep_largest_component, keep_main_component
 
 SPACING = (1.0, 1.0, 2.0)
 
@@ -100,7 +100,46 @@ def test_single_component_and_empty_maps_are_unchanged():
     np.testing.assert_array_equal(keep_largest_component(empty), empty)
 
 
-# ---- decide: nnU-Net's rule (mean Dice must improve and no structure may get worse) ----
+# ---- keep_main_component: the heart's component, never a structure removed ----
+
+def test_main_component_prefers_the_one_touching_the_heart_over_a_larger_stray():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    cube(labels, (2, 2, 2), 4, 1)        # structure 1 (say the LV)
+    cube(labels, (6, 2, 2), 3, 2)        # structure 2 touching it: 27 voxels, the true one
+    cube(labels, (12, 12, 12), 5, 2)     # a larger stray blob of 2 far from the heart: 125 voxels
+    out = keep_main_component(labels)
+    assert (out == 2).sum() == 27 and out[7, 3, 3] == 2 and out[14, 14, 14] == 0
+    assert (keep_largest_component(labels) == 2).sum() == 125  # the plain rule keeps the wrong one
+    np.testing.assert_array_equal(out == 1, labels == 1)
+
+
+def test_main_component_never_removes_a_structure():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    cube(labels, (1, 1, 1), 2, 3)        # two pieces of 3, neither touching anything: the largest stays
+    cube(labels, (10, 10, 10), 3, 3)
+    out = keep_main_component(labels)
+    assert (out == 3).sum() == 27
+    for seed in range(5):  # random maps: every class present before is present after
+        rnd = np.random.default_rng(seed).integers(0, 4, (8, 8, 8)) * (np.random.default_rng(seed + 9).random(
+            (8, 8, 8)) < 0.2)
+        assert set(np.unique(keep_main_component(rnd))) == set(np.unique(rnd))
+
+
+def test_apply_replays_new_and_old_decisions():
+    labels = np.zeros((16, 16, 16), np.uint8)
+    cube(labels, (2, 2, 2), 4, 1)
+    cube(labels, (12, 12, 12), 2, 1)
+    cube(labels, (6, 2, 2), 2, 2)
+    cube(labels, (12, 2, 12), 3, 2)
+    only_2 = apply(labels, {"classes": [2], "per_structure": {"A": False, "B": True}})
+    assert (only_2 == 1).sum() == 72 and (only_2 == 2).sum() == 8  # A untouched; B's heart piece kept
+    np.testing.assert_array_equal(apply(labels, {"classes": []}), labels)
+    np.testing.assert_array_equal(apply(labels, {"largest_component": True}), keep_largest_component(labels))
+    np.testing.assert_array_equal(apply(labels, {"largest_component": False}), labels)
+    np.testing.assert_array_equal(apply(labels, None), labels)
+
+
+# ---- decide: per structure, on validation ----
 
 def truth_volume():
     """Structure A (index 1): a 4^3 cube; structure B (index 2): a 3^3 cube, far apart."""
@@ -116,6 +155,7 @@ def test_decide_keeps_when_removing_a_stray_blob_helps():
     cases = [(stray, truth, SPACING, "c1"), (truth.copy(), truth, SPACING, "c2")]
     result = decide(cases, ["A", "B"])
     # c1 before: A has tp 64, fp 8, fn 0 -> 2*64 / (2*64 + 8) = 16/17; c2 is perfect. After: both perfect.
+    assert result["per_structure"] == {"A": True, "B": False} and result["classes"] == [1]
     assert result["largest_component"] is True
     assert result["dice_before"]["A"] == pytest.approx((16 / 17 + 1) / 2, abs=1e-12)
     assert result["dice_before"]["B"] == pytest.approx(1.0)
@@ -126,23 +166,18 @@ def test_decide_keeps_when_removing_a_stray_blob_helps():
 def test_decide_refuses_when_a_true_second_component_is_removed():
     truth = cube(truth_volume(), (12, 2, 2), 2, 1)  # A really has two parts: 64 + 8 voxels
     result = decide([(truth.copy(), truth, SPACING, "c1")], ["A", "B"])
-    # after: A loses its true 8-voxel part: tp 64, fn 8 -> 128 / 136 = 16/17
-    assert result["largest_component"] is False
-    assert result["dice_before"] == pytest.approx({"A": 1.0, "B": 1.0})
-    assert result["dice_after"]["A"] == pytest.approx(16 / 17, abs=1e-12)
-    assert result["dice_after"]["B"] == pytest.approx(1.0)
+    assert result["per_structure"] == {"A": False, "B": False} and result["largest_component"] is False
+    assert result["dice_after"] == pytest.approx({"A": 1.0, "B": 1.0})  # as applied: nothing changes
 
 
-def test_decide_refuses_when_the_mean_improves_but_one_structure_gets_worse():
+def test_decide_per_structure_keeps_where_it_helps_only():
     truth = cube(truth_volume(), (12, 2, 2), 2, 1)  # A: 64 + 8 true voxels
     pred = cube(truth.copy(), (2, 12, 12), 2, 2)  # B: 27 true voxels plus an 8-voxel stray blob
     result = decide([(pred, truth, SPACING, "c1")], ["A", "B"])
-    before, after = result["dice_before"], result["dice_after"]
-    # B before: 2*27 / (2*27 + 8) = 27/31; after 1. A before 1; after 16/17 (its true small part is lost).
-    assert before == pytest.approx({"A": 1.0, "B": 27 / 31}, abs=1e-12)
-    assert after == pytest.approx({"A": 16 / 17, "B": 1.0}, abs=1e-12)
-    assert (after["A"] + after["B"]) / 2 > (before["A"] + before["B"]) / 2  # the mean does improve
-    assert result["largest_component"] is False  # but A got worse
+    # B before: 2*27 / (2*27 + 8) = 27/31, after 1 -> kept; A would lose its true small part -> not kept
+    assert result["per_structure"] == {"A": False, "B": True} and result["classes"] == [2]
+    assert result["dice_before"] == pytest.approx({"A": 1.0, "B": 27 / 31}, abs=1e-12)
+    assert result["dice_after"] == pytest.approx({"A": 1.0, "B": 1.0}, abs=1e-12)
 
 
 def test_decide_skips_a_structure_absent_everywhere():
@@ -151,4 +186,4 @@ def test_decide_skips_a_structure_absent_everywhere():
     result = decide([(stray, truth, SPACING, "c1")], ["A", "B", "C"])  # C is in neither map
     assert result["dice_before"]["C"] is None and result["dice_after"]["C"] is None
     assert result["dice_before"]["A"] == pytest.approx(16 / 17, abs=1e-12)
-    assert result["largest_component"] is True
+    assert result["per_structure"]["A"] is True and result["per_structure"]["C"] is False

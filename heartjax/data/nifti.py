@@ -20,6 +20,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from heartjax import atomic
 from heartjax.data import labels as labels_lib
+from heartjax.data import nifti_probe
 from heartjax.data.filenames import case_id_from_path, is_nifti_path
 from heartjax.data.labels import resolve_scheme
 from heartjax.errors import HeartjaxError
@@ -94,13 +95,19 @@ class Volume:
 
 
 def _load(path: Path, what: str) -> tuple[nibabel.Nifti1Image, np.ndarray]:
-    """Open a NIfTI file and read its data (scaled), refusing missing, truncated and non-NIfTI files."""
+    """Open a NIfTI file and read its data (scaled), refusing missing, truncated and non-NIfTI files and headers
+    whose voxel size or orientation is not a scan's (checked as written, see `nifti_probe`)."""
     if not path.is_file():
         raise HeartjaxError(f"{what} file {path} does not exist; check the path (and the dataset folder).")
     if not is_nifti_path(path):
         raise HeartjaxError(f"{what} file {path} is not a NIfTI file: expected a name ending in .nii or .nii.gz.")
+    found = nifti_probe.probe(path, what)
+    if found.header is None:
+        raise HeartjaxError(f"{what} file {path} could not be read as NIfTI: it is {found.kind} (truncated, "
+                            f"damaged or another format). Re-download or re-export it as NIfTI.")
+    nifti_probe.check_header(found.header, path, what)
     try:
-        img = nibabel.load(str(path), mmap=False)
+        img = nifti_probe.open_image(path, found)
         if not isinstance(img, nibabel.Nifti1Image):
             raise ImageFileError(f"nibabel read it as {type(img).__name__}")
         data = np.asanyarray(img.dataobj)  # reads the voxels here, so truncated .nii.gz files fail now
@@ -131,7 +138,9 @@ def _make_grid(img: nibabel.Nifti1Image, shape: tuple[int, ...], path: Path) -> 
     affine = np.array(img.affine, dtype=np.float64)
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if not (np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) > 1e-12 * np.prod(norms)):
-        raise HeartjaxError(f"file {path} has a degenerate affine {affine.tolist()}; fix its sform/qform.")
+        raise HeartjaxError(f"file {path}: its voxel-to-world affine {np.round(affine, 6).tolist()} (sform_code "
+                            f"{int(img.header['sform_code'])}, qform_code {int(img.header['qform_code'])}) is not "
+                            f"finite or cannot be inverted; fix its sform/qform (e.g. in 3D Slicer) and save it again.")
     pixdim = np.array(img.header["pixdim"][1:4], dtype=np.float64)
     note = None
     spacing = norms
@@ -232,8 +241,10 @@ def load_volume(image_path, label_path=None, scheme=None, case: str | None = Non
     Returns a Volume with image float32 [X, Y, Z], label uint8 [X, Y, Z] (indices 0..K of `scheme`, which is a
     LabelScheme or a name; None infers MM-WHS or generic from the codes) or None, spacing in mm (RAS order),
     and the RAS affine. When the affine's scales disagree with pixdim (e.g. ACDC's unit-scale sform) it warns
-    and takes pixdim as the spacing. Raises HeartjaxError for missing, truncated or non-3D files, NaN/Inf
-    voxels, unknown label codes, or a label on a different grid from the image.
+    and takes pixdim as the spacing. A gzip-compressed file named .nii (or a plain one named .nii.gz) is read
+    from its bytes, with a warning. Raises HeartjaxError for missing, truncated, non-NIfTI or non-3D files,
+    headers whose voxel size is 0, negative, NaN/Inf or absurd or whose sform/qform cannot be inverted (as
+    written, before nibabel's repairs), NaN/Inf voxels, unknown label codes, or a label on a different grid.
     """
     image_path = Path(image_path)
     img, data = _load(image_path, "image")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from heartjax.train.loop import Hook, Point
@@ -32,31 +33,49 @@ class ProgressHook(Hook):
 
 
 class LogHook(Hook):
-    """Training metrics as TensorBoard scalars `train/<name>`."""
+    """Training metrics as TensorBoard scalars `train/<name>`, with `train/steps_per_second` (since the previous
+    log point, evaluation and saving included) and `train/eta_minutes` (to the planned last step)."""
 
-    def __init__(self, writer, every: int):
-        self.writer, self.every = writer, every
+    def __init__(self, writer, every: int, clock: Callable[[], float] = time.perf_counter):
+        self.writer, self.every, self.clock = writer, every, clock
+        self.total, self.last = None, None
+
+    def on_plan(self, steps: int) -> None:
+        self.total = steps
 
     def __call__(self, point: Point) -> None:
-        self.writer.scalars(point.step, {f"train/{k}": v for k, v in point.metrics.items()})
+        values = {f"train/{k}": v for k, v in point.metrics.items()}
+        now = self.clock()
+        if self.last is not None and now > self.last[0] and point.step > self.last[1]:
+            rate = (point.step - self.last[1]) / (now - self.last[0])
+            values["train/steps_per_second"] = rate
+            if self.total is not None:
+                values["train/eta_minutes"] = max(self.total - point.step, 0) / rate / 60.0
+        self.last = (now, point.step)
+        self.writer.scalars(point.step, values)
 
 
 class EvalHook(Hook):
-    """Validation: `eval_fn(state) -> {"dice": mean, "dice/<name>": ...}`; its EMA picks the best step.
+    """Validation: `eval_fn(state) -> {"dice": mean, "dice/<name>": ..., "overlay": optional uint8 image}`; its EMA
+    picks the best step.
 
-    Updates the loop state's ema, best_ema, best_step and history, and logs `val/...` scalars when a writer is given.
+    Updates the loop state's ema, best_ema, best_step and history, and logs `val/...` scalars (and the overlay as
+    the image `val/overlay`, so the segmentation can be watched forming) when a writer is given.
     """
 
     def __init__(self, eval_fn: Callable, every: int, ema_decay: float, writer=None):
         self.eval_fn, self.every, self.decay, self.writer = eval_fn, every, ema_decay, writer
 
     def __call__(self, point: Point) -> None:
-        loop, val = point.loop, self.eval_fn(point.state)
+        loop, val = point.loop, dict(self.eval_fn(point.state))
+        overlay = val.pop("overlay", None)
         loop.ema = val["dice"] if loop.ema is None else self.decay * loop.ema + (1 - self.decay) * val["dice"]
         loop.history.append({"step": point.step, "loss": point.metrics["loss"],
                              **{f"val_{k}": v for k, v in val.items()}, "val_ema": loop.ema})
         if self.writer is not None:
             self.writer.scalars(point.step, {**{f"val/{k}": v for k, v in val.items()}, "val/dice_ema": loop.ema})
+            if overlay is not None:
+                self.writer.image(point.step, "val/overlay", overlay)
         if loop.ema > loop.best_ema:
             loop.best_ema, loop.best_step = loop.ema, point.step
 
