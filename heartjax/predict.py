@@ -65,7 +65,8 @@ class Model:
             self.scheme = LabelScheme.from_json(_read_json(self.run_dir / "label_scheme.json"))
         except (TypeError, KeyError, AttributeError) as err:
             raise HeartjaxError(f"run {self.run_dir}: plan.json or label_scheme.json is not what this heartjax "
-                                f"writes ({type(err).__name__}: {err}); train the run again with this version.") from err
+                                f"writes ({type(err).__name__}: {err}); train the run again with this "
+                                f"version.") from err
         self.kind = kind or self._best_kind()
         ckpt_dir, spec_file = self.run_dir / "checkpoints" / self.kind, self.run_dir / "models" / f"{self.kind}.json"
         if not ckpt_dir.exists() or not spec_file.exists():

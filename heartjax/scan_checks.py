@@ -54,14 +54,16 @@ def intensity_warning(image: np.ndarray, plan: Plan) -> str | None:
     if plan.modality == "ct":
         lo_clip, hi_clip = plan.ct_clip
         inside = float(np.mean((image >= lo_clip) & (image <= hi_clip)))
-        if inside < MIN_IN_RANGE_FRACTION:
-            return (f"{scan}: only {100 * inside:.2g} % of voxels lie in the training data's foreground range "
-                    f"{lo_clip:g}..{hi_clip:g} HU; the model was trained on CT in Hounsfield units. Is this a CT in "
-                    f"HU (not normalised, not an MRI)?")
+        facts = []
         if lo >= AIR_HU:
-            return (f"{scan}: no voxel below {AIR_HU:g} HU, so no air or lung; the model was trained on CT in "
-                    f"Hounsfield units. Is this a CT stored without its rescale intercept (-1024), or an MRI?")
-        return None
+            facts.append(f"no voxel below {AIR_HU:g} HU (no air or lung)")
+        if inside < MIN_IN_RANGE_FRACTION:
+            facts.append(f"only {100 * inside:.2g} % of voxels in the training data's foreground range "
+                         f"{lo_clip:g}..{hi_clip:g} HU")
+        if not facts:
+            return None
+        return (f"{scan}: {' and '.join(facts)}; the model was trained on CT in Hounsfield units. Is this a CT in "
+                f"HU (not normalised, not an MRI, not stored without its rescale intercept of -1024)?")
     air = float(np.mean(image < AIR_HU))
     if air > 0.01:
         return (f"{scan}: {100 * air:.2g} % of voxels below {AIR_HU:g}, as in a CT in Hounsfield units, but the "

@@ -194,11 +194,11 @@ def test_no_pairs_names_what_was_tried_and_writes_nothing(tmp_path, capsys):
     _write(tmp_path / "truth" / "heart_gt.nii.gz", _phantom())
     _write(tmp_path / "pred" / "other.nii.gz", _phantom())
     code, err = _run([tmp_path / "pred", tmp_path / "truth"], capsys)
-    assert code == 1
+    assert code == 2
     assert "['other']" in err and "['heart']" in err and "X_gt" in err
     assert _listing(tmp_path / "pred") == {"other.nii.gz"}
     code, err = _run([tmp_path / "nowhere", tmp_path / "truth"], capsys)
-    assert code == 1 and "nowhere" in err and "does not exist" in err
+    assert code == 2 and "nowhere" in err and "does not exist" in err
 
 
 def test_scheme_inferred_from_mmwhs_codes_else_asked_for(tmp_path, capsys):
@@ -222,7 +222,7 @@ def test_scheme_inferred_from_mmwhs_codes_else_asked_for(tmp_path, capsys):
     _write(tmp_path / "t2" / "x.nii.gz", _phantom())
     _write(tmp_path / "p2" / "x.nii.gz", _phantom())
     code, err = _run([tmp_path / "p2", tmp_path / "t2"], capsys)
-    assert code == 1 and "--scheme" in err and "acdc" in err and "generic3" in err and "x.nii.gz" in err
+    assert code == 2 and "--scheme" in err and "acdc" in err and "generic3" in err and "x.nii.gz" in err
     assert not (tmp_path / "p2" / "evaluation.json").exists()
 
 

@@ -121,11 +121,11 @@ def _spacing_problem(pixdim: np.ndarray) -> str | None:
     """Why these voxel sizes (mm) are not a scan's, or None."""
     for axis, size in enumerate(pixdim):
         if not np.isfinite(size):
-            return f"{size} on axis {axis} is not a number"
+            return f"{size:g} on axis {axis} is not a number"
         if size == 0:
             return f"0 on axis {axis}"
         if size < 0:
-            return f"{size} on axis {axis} is negative"
+            return f"{size:g} on axis {axis} is negative"
         if not MIN_SPACING_MM <= size <= MAX_SPACING_MM:
             return f"{size:g} on axis {axis} is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
     return None
@@ -165,7 +165,7 @@ def check_header(header: nibabel.Nifti1Header, path: Path, what: str = "image") 
     problem = _spacing_problem(pixdim)
     if problem:
         units = _UNITS.get(int(header["xyzt_units"]) & 7, "unknown")
-        note = f" (the header's spatial unit is {units}; heartjax reads sizes as mm)" if units not in ("mm", "unknown") else ""
+        note = "" if units in ("mm", "unknown") else f" (the header's spatial unit is {units}; heartjax reads mm)"
         raise HeartjaxError(f"{what} file {path}: its header gives voxel size (pixdim) "
                             f"{[round(float(p), 6) for p in pixdim]} mm: {problem}{note}; a voxel size must be a "
                             f"positive number of mm. {_FIX}")
