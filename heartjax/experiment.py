@@ -121,6 +121,7 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
         f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
     pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
     store.release(split["train"], keep_labels=split["val"] + split["test"], keep_image=tuple(split["test"][:1]))
+    store.report_quirks(log)
     test_store = test_ids = None
     if cfg.data.test_phantom_modality not in (None, cfg.data.phantom_modality):
         other, test_ids, test_plan = cases_lib.cross_modality(ds, cfg.data, split, plan, log)

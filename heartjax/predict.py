@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 import traceback
@@ -32,6 +31,7 @@ from heartjax.data import nifti, preprocess
 from heartjax.data.filenames import case_id_from_path
 from heartjax.data.labels import LabelScheme
 from heartjax.data.plan import Plan
+from heartjax.data.quirks import quirk_key
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.specs import ModelSpec
@@ -223,7 +223,7 @@ class Log:
         self.bar.write(text.rstrip("\n"), file=sys.stderr if err else sys.stdout)
 
     def warn(self, path: Path, text: str) -> None:
-        key = re.sub(r"\d+(\.\d+)?", "#", text.replace(str(path), "<scan>"))  # the same quirk, other numbers
+        key = quirk_key(text, path)  # the same quirk, other file and numbers
         if str(path) in text and key in self.seen:
             self.repeated += 1
             return

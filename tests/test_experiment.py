@@ -304,3 +304,35 @@ def test_25d_kind_trains_scores_and_predicts(workspace):
     ref = np.asarray(nib.load(run / "predictions" / "2.5d" / f"{case}.nii.gz").dataobj)
     decision = json.loads((run / "eval_2.5d.json").read_text())["postprocessing"]
     assert np.array_equal(as_decided(ref, decision), got)
+
+
+def test_segment_arrays_like_the_cli(smoke_run, workspace):
+    """The Python API on numpy arrays: on-disk (LPS) order with its affine, or RAS order with a spacing, gives what
+    the CLI writes for the file; bad arguments are refused by name."""
+
+    from heartjax.errors import HeartjaxError
+    from heartjax.segment import Segmenter, segment
+
+    split = json.loads((smoke_run / "splits.json").read_text())
+    cfg = json.loads((smoke_run / "config.json").read_text())
+    case = split["test"][0]
+    scan = next((workspace / cfg["data"]["phantom_dir"]).iterdir()) / "ct_train" / f"{case}_image.nii.gz"
+    run_cli(["heartjax.predict", str(smoke_run), str(scan), "--out", str(workspace / "preds-api"), "--model", "3d"],
+            cwd=workspace)
+    cli = np.asarray(nib.load(workspace / "preds-api" / scan.name).dataobj)
+    img = nib.load(scan)
+    seg = Segmenter(smoke_run, model="3d")
+    on_disk = seg(np.asarray(img.dataobj), affine=img.affine, codes=True)
+    assert on_disk.shape == img.shape and np.array_equal(on_disk, cli)
+    vol = nifti.load_volume(scan)
+    ras = seg(vol.image, spacing=vol.spacing)  # indices, RAS order
+    assert np.array_equal(MMWHS.decode(ras), nifti.to_ras(cli, vol.grid))
+    with pytest.raises(HeartjaxError, match="exactly one of affine"):
+        seg(vol.image)
+    with pytest.raises(HeartjaxError, match="spacing"):
+        seg(vol.image, spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(HeartjaxError, match="3D"):
+        seg(vol.image[:, :, 0], spacing=(1.0, 1.0, 1.0))
+    with pytest.warns(UserWarning, match="constant intensity"):
+        blank = segment(smoke_run, np.zeros((40, 40, 30), np.float32), spacing=(4.0, 4.0, 4.0), model="3d")
+    assert blank.shape == (40, 40, 30)

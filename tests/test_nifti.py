@@ -331,3 +331,24 @@ def test_failed_write_removes_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         nifti.save_array(out_dir / "probs.nii.gz", vol.image, vol.grid)
     assert leftovers(out_dir) == []
+
+
+def test_a_quirk_shared_by_a_dataset_is_reported_once_with_its_count(tmp_path):
+    from heartjax.data import cases, datasets
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(3):
+        acdc_like(tmp_path / "images" / f"p{i}.nii.gz", np.zeros((6, 5, 4), np.float32) + i)
+        acdc_like(tmp_path / "labels" / f"p{i}.nii.gz", np.zeros((6, 5, 4), np.uint8))
+    ds = datasets.discover(tmp_path, "generic1")
+    store = cases.CaseStore(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes as a Python warning per file
+        for c in ds.cases:
+            store.volume(c.case_id)
+    lines = []
+    store.report_quirks(lines.append)
+    assert len(lines) == 1 and "3 of 3 file(s)" in lines[0] and "pixdim" in lines[0]
+    store.report_quirks(lines.append)
+    assert len(lines) == 1  # reported once

@@ -17,6 +17,7 @@ from heartjax import rng
 from heartjax.atomic import atomic_dir
 from heartjax.config import DataConfig, PlanConfig
 from heartjax.data import datasets, nifti, plan as plan_lib, preprocess
+from heartjax.data.quirks import Quirks
 from heartjax.errors import HeartjaxError
 
 
@@ -87,13 +88,19 @@ class CaseStore:
         self.ds = ds
         self._volumes: dict[str, nifti.Volume] = {}
         self.reads = 0
+        self.quirks = Quirks()  # header quirks of the files read, reported once per kind (`report_quirks`)
 
     def volume(self, cid: str) -> nifti.Volume:
         if cid not in self._volumes:
             c = self.ds.case(cid)
-            self._volumes[cid] = nifti.load_volume(c.image, c.label, self.ds.scheme, case=c.case_id)
+            with self.quirks.capture(c.image):
+                self._volumes[cid] = nifti.load_volume(c.image, c.label, self.ds.scheme, case=c.case_id)
             self.reads += 1
         return self._volumes[cid]
+
+    def report_quirks(self, log: Callable = print) -> None:
+        """One line per kind of loader warning met since the last report, with the number of files it affects."""
+        self.quirks.report(log, len(self.ds.cases))
 
     def release(self, drop: list[str], keep_labels: list[str], keep_image: tuple[str, ...] = ()) -> None:
         """Forget the cases in `drop`; keep only label and grid of `keep_labels` (and the images of `keep_image`)."""
