@@ -17,11 +17,9 @@ from scipy import ndimage
 from heartjax.eval import scoring as evaluation
 
 
-def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
-    """Keep only the largest 26-connected component of each class in `classes` (default: all foreground).
-
-    labels: int [X, Y, Z] (or [X, Y]). Removed voxels become background. Returns a new array of the same dtype.
-    """
+def _keep_one_component(labels: np.ndarray, classes, choose) -> np.ndarray:
+    """For each class keep one 26-connected component (8 in 2D): `choose(comp, n, sizes, mask)` returns its number
+    (1..n). Removed voxels become background; returns a new array of the input's dtype."""
     out = labels.copy()
     classes = [int(c) for c in np.unique(labels) if c] if classes is None else classes
     structure = np.ones((3,) * labels.ndim, bool)
@@ -30,35 +28,32 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = N
         if not mask.any():
             continue
         comp, n = ndimage.label(mask, structure)
-        if n <= 1:
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        out[mask & (comp != 1 + int(np.argmax(sizes)))] = 0
+        if n > 1:
+            out[mask & (comp != choose(comp, n, np.bincount(comp.ravel())[1:], mask))] = 0
     return out
+
+
+def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Keep only the largest 26-connected component of each class in `classes` (default: all foreground).
+
+    labels: int [X, Y, Z] (or [X, Y]). Removed voxels become background. Returns a new array of the same dtype.
+    """
+    return _keep_one_component(labels, classes, lambda comp, n, sizes, mask: 1 + int(np.argmax(sizes)))
 
 
 def keep_main_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
     """For each class in `classes` (default: all foreground) keep one 26-connected component (8 in 2D): the largest
     of those touching a voxel of another foreground class (the rest of the heart), or the largest of all when none
     does. A class present before is present after. Removed voxels become background; returns a new array."""
-    out = labels.copy()
-    classes = [int(c) for c in np.unique(labels) if c] if classes is None else classes
     structure = np.ones((3,) * labels.ndim, bool)
-    for c in classes:
-        mask = labels == c
-        if not mask.any():
-            continue
-        comp, n = ndimage.label(mask, structure)
-        if n <= 1:
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        others = (labels != c) & (labels != 0)
+
+    def choose(comp, n, sizes, mask):
+        others = (labels != 0) & ~mask
         touching = np.unique(comp[ndimage.binary_dilation(others, structure) & mask])
-        touching = touching[touching > 0]
-        pool = touching if len(touching) else np.arange(1, n + 1)
-        keep = int(pool[np.argmax(sizes[pool - 1])])
-        out[mask & (comp != keep)] = 0
-    return out
+        pool = touching[touching > 0] if (touching > 0).any() else np.arange(1, n + 1)
+        return int(pool[np.argmax(sizes[pool - 1])])
+
+    return _keep_one_component(labels, classes, choose)
 
 
 def apply(labels: np.ndarray, decision: Mapping | None) -> np.ndarray:
