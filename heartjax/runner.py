@@ -163,7 +163,8 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         "best_val_dice": float(loop.best_ema), "postprocessing": decision, **parallel.info(spec.batch),
     })
     pp = scoring.model_results(per_case_pp, names)
-    result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"]}
+    result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"],
+                                        "per_case": pp["per_case"]}
     writer.scalars(loop.step, {f"test/dice/{n}": v["dice_mean"] for n, v in result["per_structure"].items()
                                if v["dice_mean"] is not None})
     hp = {"kind": kind, "features": spec.unet.features, "steps": loop.step, "lr": cfg.optim.lr,

@@ -336,3 +336,18 @@ def test_segment_arrays_like_the_cli(smoke_run, workspace):
     with pytest.warns(UserWarning, match="constant intensity"):
         blank = segment(smoke_run, np.zeros((40, 40, 30), np.float32), spacing=(4.0, 4.0, 4.0), model="3d")
     assert blank.shape == (40, 40, 30)
+
+
+def test_postprocess_check_rescores_the_saved_predictions(smoke_run, workspace, monkeypatch):
+    from experiments.postprocess_check import check
+
+    monkeypatch.chdir(workspace)  # the run's relative data paths are the folder it ran in
+    before = sorted(p.name for p in workspace.iterdir())
+    res = check(smoke_run, "3d")
+    assert sorted(p.name for p in workspace.iterdir()) == before  # reads the run's data, writes nothing
+    ref = json.loads((smoke_run / "eval_3d.json").read_text())
+    assert res["cases"] == len(ref["per_case"])
+    for n in res["structures"]:  # raw: the run's own scores, from the saved predictions
+        want = ref["per_structure"][n]["dice_mean"]
+        assert (want is None and np.isnan(res["rules"]["raw"]["dice"][n])) or abs(res["rules"]["raw"]["dice"][n] - want) < 1e-9
+    assert res["rules"]["decided"]["lost"] == []  # the per-structure rule never loses a structure

@@ -1,0 +1,76 @@
+"""Post-processing on a finished run's test patients: raw, as decided per structure, and the plain largest component.
+
+  python -m experiments.postprocess_check RUN_DIR [--models 2d,3d]
+
+Reads each model's raw test predictions (RUN_DIR/predictions/KIND/*.nii.gz) and decision (eval_KIND.json), and
+the reference labels through the run's own dataset settings; prints per structure the mean Dice raw, with the
+decided post-processing (what `heartjax.predict` writes) and with the largest component of every structure (the
+rule before the per-structure decision), and counts the (patient, structure) pairs a rule turned from Dice > 0
+into Dice 0: the post-processing must never lose a structure the network found. Run it from the folder the
+experiment ran in (the run's config holds its data paths as given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from heartjax import config as config_lib
+from heartjax.data import cases, nifti
+from heartjax.errors import HeartjaxError
+from heartjax.eval import postprocess
+from heartjax.eval.scoring import score_case
+
+
+def check(run_dir: Path, kind: str) -> dict:
+    """{"structures": names, "rules": {rule: {"dice": {name: mean}, "lost": [(case, name)]}}, "decision": ...}."""
+    cfg = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
+    decision = json.loads((run_dir / f"eval_{kind}.json").read_text())["postprocessing"]
+    ds = cases.resolve_dataset(cfg.data, log=lambda *a: None)
+    store, names = cases.CaseStore(ds), list(ds.scheme.names)
+    rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
+             "largest_all": postprocess.keep_largest_component}
+    scores = {r: [] for r in rules}
+    for path in sorted((run_dir / "predictions" / kind).glob("*.nii.gz")):
+        cid = path.name.removesuffix(".nii.gz")
+        vol = store.volume(cid)
+        pred, _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
+        for r, fn in rules.items():
+            scores[r].append(score_case(fn(pred), vol.label, vol.spacing, names, cid))
+    if not scores["raw"]:
+        raise HeartjaxError(f"{run_dir / 'predictions' / kind} holds no predictions (infer.save_predictions off?)")
+    out = {"structures": names, "decision": decision, "cases": len(scores["raw"]), "rules": {}}
+    for r in rules:
+        dice = {n: float(np.nanmean([s["dice"][n] for s in scores[r]])) for n in names}
+        lost = [(s["case"], n) for raw, s in zip(scores["raw"], scores[r]) for n in names
+                if (raw["dice"][n] or 0) > 0 and s["dice"][n] == 0]
+        out["rules"][r] = {"dice": dice, "mean": float(np.mean(list(dice.values()))), "lost": lost}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.postprocess_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--models", default="2d,3d", help="comma-separated kinds (default 2d,3d)")
+    args = parser.parse_args(argv)
+    try:
+        for kind in args.models.split(","):
+            res = check(args.run_dir, kind)
+            names = res["structures"]
+            print(f"{kind}: {res['cases']} test patients; decided: {postprocess.describe(res['decision'], names)}")
+            print("  rule          " + "  ".join(f"{n:>6}" for n in names) + "    mean  structures lost")
+            for r, v in res["rules"].items():
+                lost = ", ".join(f"{c} {n}" for c, n in v["lost"]) or "none"
+                print(f"  {r:<12}  " + "  ".join(f"{v['dice'][n]:6.3f}" for n in names) + f"  {v['mean']:6.3f}  {lost}")
+    except (HeartjaxError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
