@@ -21,6 +21,7 @@ import numpy as np
 
 from heartjax import config as config_lib
 from heartjax.data import cases, nifti
+from heartjax.data.quirks import Quirks
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.eval.scoring import score_case
@@ -34,13 +35,16 @@ def check(run_dir: Path, kind: str) -> dict:
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
              "largest_all": postprocess.keep_largest_component}
-    scores = {r: [] for r in rules}
+    scores, pred_quirks = {r: [] for r in rules}, Quirks()
     for path in sorted((run_dir / "predictions" / kind).glob("*.nii.gz")):
         cid = path.name.removesuffix(".nii.gz")
         vol = store.volume(cid)
-        pred, _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
+        with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included
+            pred, _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
         for r, fn in rules.items():
             scores[r].append(score_case(fn(pred), vol.label, vol.spacing, names, cid))
+    store.report_quirks()
+    pred_quirks.report(print)
     if not scores["raw"]:
         raise HeartjaxError(f"{run_dir / 'predictions' / kind} holds no predictions (infer.save_predictions off?)")
     out = {"structures": names, "decision": decision, "cases": len(scores["raw"]), "rules": {}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -166,7 +167,9 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
     for kind in results.models:
         p = workdir / "predictions" / kind / f"{case}.nii.gz"
         if p.exists():
-            preds[kind], _ = nifti.load_label_file(p, prep.ds.scheme, reference_grid=vol.grid)
+            with warnings.catch_warnings():  # the scan's header quirks were reported when the dataset was read
+                warnings.simplefilter("ignore")
+                preds[kind], _ = nifti.load_label_file(p, prep.ds.scheme, reference_grid=vol.grid)
     if preds and vol.image is not None:
         plot_case_montage(vol.image, vol.label, preds, figs / f"montage_{case}.png", names, spacing=vol.spacing)
 
