@@ -32,7 +32,7 @@ from heartjax.data import phantom_render as render
 from heartjax.data import phantom_shapes as shp
 from heartjax.data.phantom_levels import DEFAULT_LEVEL, LEVELS, VERSION, Level
 from heartjax.data.labels import MMWHS
-from heartjax.data.phantom_chest import paint_chest
+from heartjax.data.phantom_chest import lung_vessels, paint_chest
 from heartjax.errors import HeartjaxError
 
 MODALITIES = {"ct": "ct_train", "mri": "mr_train", "cine": "mr_train"}  # cine: thick, shifted MRI slices
@@ -80,7 +80,7 @@ def _paint(grid: shp.Grid, p: dict, rng: np.random.Generator) -> tuple[np.ndarra
     if len(lung):  # peripheral lung vessels start at random lung voxels
         picks = np.unravel_index(lung[rng.integers(0, len(lung), 600)], grid.shape)
         starts = np.stack([grid.axis(k)[picks[k]] for k in range(3)], axis=1).astype(np.float64)
-    for part in shp.lung_vessels(p, rng, starts):
+    for part in lung_vessels(p, rng, starts):
         shp.Field(grid, part.shape, 0.0).paint([(tissue, part.tissue)], only=(tissue, shp.LUNG))
     for part, field in zip(parts, fields):  # all walls first, so a neighbour's lumen opens its junctions
         if part.wall:

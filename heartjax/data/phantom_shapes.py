@@ -336,32 +336,3 @@ def heart_parts(p: dict) -> list[Part]:
     if detail:
         parts.extend(dd.cavity_detail(p, ps, lc, rc, t, rv_rad, _lvq(0.12 * lc, 0.36 * r_out, 0)))
     return parts
-
-
-def lung_vessels(p: dict, rng: np.random.Generator, starts: np.ndarray) -> list[Part]:
-    """Unlabelled arteries and veins (to be painted over lung only): trees from the hila, plus short peripheral
-    segments from `starts` (world points [N, 3] in the lungs) pointing away from the nearest hilum."""
-    ps, out = _Pose(p), []
-    hila = (((62, -24, 50), 1, BLOOD_R), ((-58, -28, 58), -1, BLOOD_R), ((55, -38, 14), 1, BLOOD_L),
-            ((-50, -37, 14), -1, BLOOD_L))
-    levels = ((35.0, 55.0, 4.0, 2.8), (25.0, 40.0, 2.6, 1.8), (18.0, 30.0, 1.6, 1.0))  # length range, radii
-
-    def grow(start, direction, level):
-        lo, hi, ra, rb = levels[level]
-        end = start + direction * rng.uniform(lo, hi)
-        out.append(Part(Capsule(start, end, ra, rb), tissue))
-        if level + 1 < len(levels):
-            for _ in range(2):
-                grow(end, unit(direction + rng.normal(0, 0.6, 3)), level + 1)
-
-    for root, side, tissue in hila:
-        for _ in range(4):
-            grow(ps.pt(root), unit(np.array([0.5 * side, -0.2, 0.0]) + rng.normal(0, 0.8, 3)), 0)
-    roots = np.array([ps.pt(h[0]) for h in hila])
-    for start in starts:
-        k = int(np.argmin(((roots - start) ** 2).sum(1)))
-        direction = unit(unit(start - roots[k]) + rng.normal(0, 0.4, 3))
-        tissue = hila[k][2] if rng.random() < 0.5 else BLOOD_R + BLOOD_L - hila[k][2]
-        r = rng.uniform(0.8, 2.2)
-        out.append(Part(Capsule(start, start + direction * rng.uniform(15, 35), r, 0.7 * r), tissue))
-    return out
