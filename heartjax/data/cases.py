@@ -141,10 +141,11 @@ def cross_modality(ds: datasets.Dataset, d: DataConfig, split: dict, plan: plan_
 
     Returns (test dataset, its case ids in the order of split["test"], the plan for the test scans).
     """
-    other = resolve_dataset(dataclasses.replace(d, phantom_modality=d.test_phantom_modality), log)
+    test_data = dataclasses.replace(d, phantom_modality=d.test_phantom_modality)
+    other = resolve_dataset(test_data, log)
     if len(other.cases) != len(ds.cases):
-        raise HeartjaxError(f"phantom {phantom_folder(dataclasses.replace(d, phantom_modality=d.test_phantom_modality))} "
-                            f"has {len(other.cases)} cases, not {len(ds.cases)}; delete it to have it rewritten")
+        raise HeartjaxError(f"phantom {phantom_folder(test_data)} has {len(other.cases)} cases, not {len(ds.cases)}; "
+                            "delete it to have it rewritten")
     index = {c.case_id: i for i, c in enumerate(ds.cases)}
     mapped = {cid: other.cases[index[cid]].case_id for ids in split.values() for cid in ids}
     own = make_plan(CaseStore(other), [mapped[c] for c in split["train"]], _plan_config(plan), d.seed)

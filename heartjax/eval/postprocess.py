@@ -48,8 +48,9 @@ def keep_main_component(labels: np.ndarray, classes: Sequence[int] | None = None
     structure = np.ones((3,) * labels.ndim, bool)
 
     def choose(comp, n, sizes, mask):
-        others = (labels != 0) & ~mask
-        touching = np.unique(comp[ndimage.binary_dilation(others, structure) & mask])
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in ndimage.find_objects(mask.astype(np.uint8))[0])
+        others = (labels[box] != 0) & ~mask[box]  # only the class's bounding box (one voxel wider) can touch it
+        touching = np.unique(comp[box][ndimage.binary_dilation(others, structure) & mask[box]])
         pool = touching[touching > 0] if (touching > 0).any() else np.arange(1, n + 1)
         return int(pool[np.argmax(sizes[pool - 1])])
 
