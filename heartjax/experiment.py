@@ -125,6 +125,10 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
     store.report_quirks(log)
     test_store = test_ids = None
     if cfg.data.test_phantom_modality not in (None, cfg.data.phantom_modality):
+        if _primary():  # process 0 writes the other modality's phantom once; the others then find it
+            cases_lib.resolve_dataset(dataclasses.replace(cfg.data, phantom_modality=cfg.data.test_phantom_modality),
+                                      log)
+        sync("test dataset")
         other, test_ids, test_plan = cases_lib.cross_modality(ds, cfg.data, split, plan, log)
         test_store = cases_lib.CaseStore(other)
         pre.update(cases_lib.preprocess_ids(test_store, test_ids, test_plan, cfg.data.cache_dir))
