@@ -62,6 +62,7 @@ def markdown(a: Mapping) -> str:
                   "| variant | comparison | diff | Wilcoxon p | patients × seeds |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {c.replace('_minus_', ' minus ')} | {_test(t)} |"
                   for name, v in a["variants"].items() for c, t in v["vs_kind"].items()]
+    lines += _crossing_lines(a)
     for kind in a["kinds"]:
         lines += ["", f"## {kind}: Dice (mean ± sd over seeds) and HD95 mm (mean) per structure", "",
                   "| variant | " + " | ".join(a["labels"]) + " |", "|---|" + "---|" * len(a["labels"])]
@@ -73,6 +74,35 @@ def markdown(a: Mapping) -> str:
                     for s in a["labels"]) + " |")
     lines += ["", "![Dice per variant](ablation.png)", ""]
     return "\n".join(lines)
+
+
+def _at(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _signed(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:+.4f}"
+
+
+def _crossing_lines(a: Mapping) -> list[str]:
+    """"Where the curves cross": per kind pair, the paired difference at each x, and at equal training minutes."""
+    lines = []
+    for name, c in (a.get("crossings") or {}).items():
+        b, k0 = name.split("_minus_")
+        diffs = ", ".join(f"{_signed(r['diff'])} (p {fmt(r['p'])}) at {_at(r['x'])}" for r in c["by_x"])
+        verdict = (f"{c['leader']} ahead at every {a['x']}" if c["leader"] else
+                   "the curves cross at " + " and ".join(f"≈ {_at(x)}" for x in c["cross_x"]) if c["cross_x"] else
+                   "no sign change between the points")
+        lines.append(f"- {b} minus {k0} over `{a['x']}`: {diffs}: {verdict}.")
+        m = c.get("by_minutes")
+        if m:
+            cross = m["cross_minutes"]
+            lines.append(f"- {b} minus {k0} at equal training minutes ({_at(m['range'][0])}–{_at(m['range'][1])} min, "
+                         "each kind at steps × its measured step time; curve against curve, not paired): "
+                         + ", ".join(f"{_signed(r['diff'])} at {_at(r['minutes'])} min" for r in m["diff"]) + ": "
+                         + ("the curves cross at " + " and ".join(f"≈ {_at(t)} min" for t in cross) if cross else
+                            f"{b if m['diff'][0]['diff'] > 0 else k0} ahead over the whole range") + ".")
+    return ["", "## Where the curves cross", "", *lines] if lines else []
 
 
 def _figure(width: float, height: float):

@@ -105,6 +105,66 @@ def step_seconds(recs: Sequence[Mapping], kind: str) -> float:
     return slope if slope > 0 else float(np.min(y / x))
 
 
+def _sign_changes(x: np.ndarray, d: np.ndarray) -> list[float]:
+    """Where a piecewise-linear difference d(x) changes sign, interpolated in log x (the budgets double)."""
+    out = []
+    for i in range(len(x) - 1):
+        d1, d2 = d[i], d[i + 1]
+        if d1 == 0:
+            out.append(float(x[i]))
+        elif d1 * d2 < 0:
+            f = d1 / (d1 - d2)
+            out.append(float(np.exp(np.log(x[i]) + f * (np.log(x[i + 1]) - np.log(x[i])))))
+    if len(x) and d[-1] == 0:
+        out.append(float(x[-1]))
+    return out
+
+
+def _curve(variants: Mapping, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A kind's (x, mean Dice over seeds) over the variants with a positive numeric x, sorted by x."""
+    pts = sorted((v["x"], v["mean_dice"][kind]["mean"]) for v in variants.values()
+                 if kind in v["mean_dice"] and isinstance(v["x"], (int, float)) and not isinstance(v["x"], bool)
+                 and v["x"] > 0 and v["mean_dice"][kind]["mean"] is not None)
+    return np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64)
+
+
+def crossings(variants: Mapping, kinds: Sequence[str], x_key: str | None, step_secs: Mapping) -> dict:
+    """Where each kind's curve crosses the first kind's: {"B_minus_A": {by_x, leader, cross_x, by_minutes}}.
+
+    by_x: the paired difference (vs_kind) at every x both kinds were trained at; cross_x: where it changes sign
+    (log-x interpolation); leader: the kind ahead at every x, or None when the curves cross. by_minutes (a steps
+    axis with both step times known): each kind's mean-Dice curve placed at steps x its measured step time and
+    compared at equal training minutes over the range both cover (interpolated in log minutes; not paired, as
+    the two kinds sit at different steps there), with where that difference changes sign.
+    """
+    out = {}
+    for b in kinds[1:]:
+        a, name = kinds[0], f"{b}_minus_{kinds[0]}"
+        rows = sorted((v["x"], v["vs_kind"].get(name)) for v in variants.values()
+                      if isinstance(v["x"], (int, float)) and not isinstance(v["x"], bool) and v["x"] > 0
+                      and v["vs_kind"].get(name))
+        if len(rows) < 2:
+            continue
+        x, d = np.array([r[0] for r in rows], np.float64), np.array([r[1]["diff"] for r in rows], np.float64)
+        block = {"by_x": [{"x": r[0], "diff": r[1]["diff"], "p": r[1]["p"]} for r in rows],
+                 "leader": b if (d > 0).all() else a if (d < 0).all() else None, "cross_x": _sign_changes(x, d),
+                 "by_minutes": None}
+        sa, sb = step_secs.get(a), step_secs.get(b)
+        (xa, ma), (xb, mb) = _curve(variants, a), _curve(variants, b)
+        if x_key == "train.steps" and sa and sb and math.isfinite(sa) and math.isfinite(sb) and min(xa.size, xb.size) > 1:
+            ta, tb = xa * sa / 60, xb * sb / 60
+            lo, hi = max(ta[0], tb[0]), min(ta[-1], tb[-1])
+            grid = np.unique(np.concatenate([ta, tb]))
+            grid = grid[(grid >= lo) & (grid <= hi)]
+            if grid.size:
+                diff = np.interp(np.log(grid), np.log(tb), mb) - np.interp(np.log(grid), np.log(ta), ma)
+                block["by_minutes"] = {"range": [float(lo), float(hi)],
+                                       "diff": [{"minutes": float(t), "diff": float(v)} for t, v in zip(grid, diff)],
+                                       "cross_minutes": _sign_changes(grid, diff)}
+        out[name] = block
+    return out
+
+
 def _variant(study, name: str, recs: dict[int, Mapping], ref: dict[int, Mapping] | None, labels) -> dict:
     """One variant's block of ablation.json."""
     kinds = list(next(iter(recs.values()))["kinds"])
@@ -150,6 +210,7 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
             variants[name] = _variant(study, name, vrecs, by_variant.get(ref_name) if ref_name else None, labels)
     kinds = list(dict.fromkeys(k for r in recs for k in r["kinds"]))
     missing = [f"{v}-seed{s}" for v, s in expected if (v, s) not in records]
+    steps = {k: step_seconds(recs, k) for k in kinds}
     return _clean({
         "study": study.name, "description": study.description,
         "preset": _one([r["preset"] for r in recs], "presets"), "datasets": sorted({r["dataset"] for r in recs}),
@@ -157,6 +218,7 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
         "x": study.x, "kinds": kinds, "labels": list(labels), "runs": len(recs), "complete": not missing,
         "missing": missing, "statistics": TEST,
         "total_seconds": float(sum(r["seconds"] for r in recs)),
-        "step_seconds": {k: step_seconds(recs, k) for k in kinds},
+        "step_seconds": steps,
         "variants": variants,
+        "crossings": crossings(variants, kinds, study.x, steps) if study.x else {},
     })

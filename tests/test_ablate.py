@@ -153,6 +153,54 @@ def test_schema_markdown_figure_and_hparams(tmp_path):
                                                                                 {"n": "4", "s": 8}]
 
 
+BUDGET = ablation.Study("budget_toy", "toy budget", kinds=("2d", "3d"), x="train.steps", reference="s800",
+                        variants={f"s{n}": (f"train.steps={n}",) for n in (100, 200, 400, 800)})
+
+
+def budget_records(dice_2d, dice_3d, sec_2d=0.5, sec_3d=1.0):
+    """Two seeds x 5 patients per budget; every patient's Dice (both structures) is the kind's value at that
+    budget plus a per-patient offset shared by the kinds; train seconds = 10 s compile + steps x step time."""
+    recs = {}
+    for seed in range(2):
+        for (name, own), d2, d3 in zip(BUDGET.variants.items(), dice_2d, dice_3d):
+            steps = int(own[0].split("=")[1])
+            per_case = {k: [{"case": f"p{i}", "dice": {"LV": d + 0.01 * i + 0.001 * seed, "RV": d + 0.01 * i},
+                             "hd95": {"LV": 2.0, "RV": 3.0}, "whole_heart_dice": 0.9} for i in range(5)]
+                        for k, d in (("2d", d2), ("3d", d3))}
+            recs[(name, seed)] = {
+                "study": BUDGET.name, "variant": name, "seed": seed, "preset": "smoke", "data": None,
+                "overrides": ["train.models=['2d', '3d']", *own, f"seed={seed}"], "variant_overrides": list(own),
+                "kinds": ["2d", "3d"], "x": steps, "dataset": "phantom-ct", "labels": LABELS, "split": {"train": 3},
+                "test_cases": [f"p{i}" for i in range(5)], "seconds": 1.0,
+                "steps": {"2d": steps, "3d": steps}, "train_seconds": {"2d": 10 + steps * sec_2d, "3d": 10 + steps * sec_3d},
+                "per_case": per_case}
+    return recs
+
+
+def test_budget_curves_cross_by_steps_and_by_minutes():
+    # 3D behind at 100 and 200 steps, ahead at 400 and 800: crossing between 200 and 400 steps, in log steps
+    a = aggregate(BUDGET, budget_records([0.80, 0.85, 0.88, 0.90], [0.70, 0.80, 0.91, 0.94]))
+    assert a["step_seconds"] == {"2d": pytest.approx(0.5), "3d": pytest.approx(1.0)}  # compile time drops out
+    c = a["crossings"]["3d_minus_2d"]
+    assert [r["x"] for r in c["by_x"]] == [100, 200, 400, 800] and c["leader"] is None
+    assert [r["diff"] for r in c["by_x"]] == pytest.approx([-0.10, -0.05, 0.03, 0.04])
+    assert c["cross_x"] == pytest.approx([200 * 2 ** (0.05 / 0.08)])
+    # in minutes 2D spans 0.83-6.7, 3D 1.7-13.3: compared over 1.7-6.7 min, at 3D's 100/200/400 steps = 2D's
+    # 200/400/800: -0.15, -0.08, +0.01, so the curves cross between 3.3 and 6.7 min
+    m = c["by_minutes"]
+    assert m["range"] == pytest.approx([100 / 60, 800 * 0.5 / 60])
+    assert [r["minutes"] for r in m["diff"]] == pytest.approx([100 / 60, 200 / 60, 400 / 60])
+    assert [r["diff"] for r in m["diff"]] == pytest.approx([-0.15, -0.08, 0.01])
+    assert m["cross_minutes"] == pytest.approx([200 / 60 * 2 ** (0.08 / 0.09)])
+    md = ablation_report.markdown(a)
+    assert "## Where the curves cross" in md and "the curves cross at ≈ 308" in md and "the curves cross at ≈ 6.17 min" in md
+    # 3D ahead everywhere: a leader and no crossing; a study without an x axis has no crossings
+    b = aggregate(BUDGET, budget_records([0.80, 0.85, 0.88, 0.90], [0.90, 0.91, 0.92, 0.95]))
+    assert b["crossings"]["3d_minus_2d"]["leader"] == "3d" and b["crossings"]["3d_minus_2d"]["cross_x"] == []
+    assert "3d ahead at every train.steps" in ablation_report.markdown(b)
+    assert aggregate(TOY, toy_records())["crossings"] == {}
+
+
 def read_hparams(logdir):
     acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
     acc.Reload()
