@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from experiments import studies
-from heartjax import ablation, presets
+from heartjax import ablation, atomic, presets
 from heartjax.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,8 @@ def parse_args(argv):
     p.add_argument("--resume", action="store_true", help="continue a started study (recorded runs are kept)")
     p.add_argument("--max-runs", type=int, default=None, help="run at most N runs now, then aggregate what exists")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing: rebuild the outputs from the records")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="also write the study's figure (ablation.png) to this path, e.g. docs/studies/STUDY.png")
     p.add_argument("--verbose", action="store_true", help="print each run's own log lines too")
     return p.parse_intermixed_args(argv)
 
@@ -59,6 +61,14 @@ def records_dir(args, study: ablation.Study) -> Path:
     return args.workdir / study.name / "records" if args.preset == "smoke" else RECORDS / study.name
 
 
+def copy_figure(args, study: ablation.Study) -> None:
+    """--figure: the study's ablation.png, copied (atomically) to where the user asked."""
+    if args.figure is not None:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(args.figure, (args.workdir / study.name / "ablation.png").read_bytes())
+        print(f"figure: {args.figure}")
+
+
 def cli(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -73,6 +83,7 @@ def cli(argv=None) -> int:
             result = ablation.aggregate_study(study, records, args.workdir, args.seeds)
             print(f"study {study.name}: {len(result['variants'])} variants from {result['runs']} run records in "
                   f"{records} -> {args.workdir / study.name / 'ablation.json'}")
+            copy_figure(args, study)
             return 0
         if args.max_runs is not None and args.max_runs < 1:
             raise HeartjaxError(f"--max-runs={args.max_runs} must be a positive integer")
@@ -81,6 +92,7 @@ def cli(argv=None) -> int:
         ablation.run_study(study, preset=args.preset, data=args.data, seeds=args.seeds, workdir=args.workdir,
                            records=records, extra=args.overrides, resume=args.resume, max_runs=args.max_runs,
                            log=lambda *a: print(*a, flush=True), run_log=print if args.verbose else None)
+        copy_figure(args, study)
     except HeartjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -281,10 +281,11 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     study_file.write_text("from heartjax.ablation import Study\nSTUDY = Study('tiny', 'two step budgets, 2D only', "
                           "kinds=('2d',), x='train.steps', variants={'steps4': ('train.steps=4',), "
                           "'steps6': ('train.steps=6',)}, seeds=2)\n")
-    assert ablate.cli([str(study_file), "--aggregate-only", "--records", str(records), "--workdir", str(root / "c")]) == 0
+    assert ablate.cli([str(study_file), "--aggregate-only", "--records", str(records), "--workdir", str(root / "c"),
+                       "--figure", str(root / "fig" / "tiny.png")]) == 0
     again = json.loads((root / "c" / "tiny" / "ablation.json").read_text())
     assert strip_timing(again) == strip_timing(full)
-    assert (root / "c" / "tiny" / "ablation.png").exists()
+    assert (root / "fig" / "tiny.png").read_bytes() == (root / "c" / "tiny" / "ablation.png").read_bytes()
     assert read_hparams(root / "c" / "tiny" / "hparams" / "steps6-seed1-2d")["train.steps"].number_value == 6
     calls = []
     with pytest.raises(HeartjaxError, match="delete it to redo the run"):  # other overrides than recorded
