@@ -25,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 
 from heartjax import ablation_report, atomic, experiment
 from heartjax import config as config_lib
-from heartjax.ablation_records import (LOCAL_KEYS, check_record, load_records, make_record, record_path,
-                                       settings_of)
+from heartjax.ablation_records import (LOCAL_KEYS, check_record, complete_from_runs, load_records, make_record,
+                                       record_path, settings_of)
 from heartjax.ablation_stats import aggregate, run_mean_dice
 from heartjax.config import Config
 from heartjax.errors import HeartjaxError
@@ -195,6 +195,7 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
     records = Path(records) if records is not None else study_dir / "records"
     existing = load_records(records, study)
     _check_fresh(study, study_dir, records, existing, resume)
+    complete_from_runs(records, existing, study, workdir)
     for spec in runs:  # every record of a run asked for must match it, before anything trains
         if (spec.variant, spec.seed) in existing:
             check_record(spec, existing[(spec.variant, spec.seed)], record_path(records, spec))
@@ -233,6 +234,7 @@ def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "ru
     if not found:
         raise HeartjaxError(f"no run records of study {study.name} in {records}; run the study first or pass "
                             f"the --records folder that holds them")
+    complete_from_runs(Path(records), found, study, workdir)
     n = study.seeds if seeds is None else seeds
     expected = [(v, s) for s in range(n) for v in study.variants]
     result = aggregate(study, found, expected)

@@ -80,7 +80,38 @@ def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | No
         "steps": {k: m.info.get("steps") for k, m in models.items()},
         "train_seconds": {k: m.info.get("train_seconds") for k, m in models.items()},
         "per_case": {k: [_case_row(c) for c in m.per_case] for k, m in models.items()},
+        **post_rows(models),
     })
+
+
+def post_rows(models: Mapping) -> dict:
+    """{"per_case_post": {kind: rows}}: the test scores after the post-processing each kind's validation patients
+    chose (what `heartjax.predict` writes), when every kind has them; else {}."""
+    post = {k: (m.info.get("largest_component_test") or {}).get("per_case") for k, m in models.items()}
+    return {"per_case_post": {k: [_case_row(c) for c in rows] for k, rows in post.items()}} \
+        if post and all(post.values()) else {}
+
+
+def complete_from_runs(records: Path, found: dict, study: Study, workdir: Path) -> int:
+    """Give records made before post-processed scores were kept their `per_case_post`, read from the run's
+    results.json when its folder is still in `workdir` and its raw scores are the record's (rewritten atomically);
+    returns how many were completed."""
+    from heartjax import atomic
+
+    done = 0
+    for (variant, seed), rec in found.items():
+        results = Path(workdir) / study.name / variant / f"seed{seed}" / "results.json"
+        if "per_case_post" in rec or not results.is_file():
+            continue
+        models = Results.from_json(json.loads(results.read_text())).models
+        same_run = all(k in models and [_case_row(c) for c in models[k].per_case] == rec["per_case"][k]
+                       for k in rec["kinds"])  # its raw scores are the record's own: the run that made it
+        extra = post_rows(models)
+        if extra and same_run:
+            rec.update(extra)
+            atomic.write_json(Path(records) / f"{variant}-seed{seed}.json", rec, indent=1)
+            done += 1
+    return done
 
 
 def load_records(records: Path, study: Study) -> dict[tuple[str, int], dict]:

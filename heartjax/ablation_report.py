@@ -40,40 +40,54 @@ def _overrides(v: Mapping) -> str:
 
 
 def markdown(a: Mapping) -> str:
-    """ablation.md: the study, its statistics, mean Dice per variant and kind, kinds compared, per structure."""
+    """ablation.md: the study, its statistics, mean Dice per variant and kind, kinds compared, where curves cross,
+    per structure; then the same on the post-processed scores when the records have them."""
     hours = (a.get("total_seconds") or 0) / 3600
-    x_head = f" {a['x']} |" if a["x"] else ""
     state = "complete" if a["complete"] else f"incomplete, missing {', '.join(a['missing'])}"
     lines = [f"# Ablation study `{a['study']}`", "", a["description"], "",
              f"Preset `{a['preset']}`, data {', '.join(a['datasets'])}; {a['runs']} runs ({state}); "
              f"{hours:.2f} h of run time in total (wall clock, summed over runs). Baseline overrides: "
              f"{', '.join(f'`{o}`' for o in a['baseline']['overrides']) or 'none'}; reference variant "
-             f"`{a['baseline']['variant']}`.", "", STATISTICS, "", "## Mean Dice", "",
-             f"| variant |{x_head} overrides | kind | seeds | mean Dice ± sd | vs | "
+             f"`{a['baseline']['variant']}`. Scores as the network outputs them (raw)"
+             + ("; the post-processed ones follow." if a.get("postprocessed") else "."), "", STATISTICS]
+    lines += _sections(a, a["variants"], a.get("crossings"), "")
+    post = a.get("postprocessed")
+    if post:
+        lines += ["", "# After post-processing", "", "The same, on the test scores after the post-processing each "
+                  "run's validation patients chose (what `heartjax.predict` writes)."]
+        lines += _sections(a, {n: {**a["variants"][n], **v} for n, v in post["variants"].items()},
+                           post["crossings"], " (post-processed)")
+    lines += ["", "![Dice per variant](ablation.png)", ""]
+    return "\n".join(lines)
+
+
+def _sections(a: Mapping, variants: Mapping, crossings: Mapping | None, tag: str) -> list[str]:
+    """Mean Dice table, kinds compared, where the curves cross, and per-structure tables of one set of scores."""
+    x_head = f" {a['x']} |" if a["x"] else ""
+    lines = ["", f"## Mean Dice{tag}", "", f"| variant |{x_head} overrides | kind | seeds | mean Dice ± sd | vs | "
              "diff | Wilcoxon p | patients × seeds |", "|---|" + "---|" * (9 if a["x"] else 8)]
-    for name, v in a["variants"].items():
+    for name, v in variants.items():
         x = (f" {v['x'] if v['x'] is not None else '–'} |") if a["x"] else ""
         for kind in v["kinds"]:
             lines.append(f"| {name} |{x} {_overrides(v)} | {kind} | "
                          f"{len(v['seeds'])} | {_pm(v['mean_dice'][kind])} | {v['reference'] or '–'} | "
                          f"{_test(v['vs_baseline'][kind])} |")
     if len(a["kinds"]) > 1:
-        lines += ["", "## Kinds compared (same variant, same patients and seeds)", "",
+        lines += ["", f"## Kinds compared{tag} (same variant, same patients and seeds)", "",
                   "| variant | comparison | diff | Wilcoxon p | patients × seeds |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {c.replace('_minus_', ' minus ')} | {_test(t)} |"
-                  for name, v in a["variants"].items() for c, t in v["vs_kind"].items()]
-    lines += _crossing_lines(a)
+                  for name, v in variants.items() for c, t in v["vs_kind"].items()]
+    lines += _crossing_lines(a, crossings or {}, tag)
     for kind in a["kinds"]:
-        lines += ["", f"## {kind}: Dice (mean ± sd over seeds) and HD95 mm (mean) per structure", "",
+        lines += ["", f"## {kind}{tag}: Dice (mean ± sd over seeds) and HD95 mm (mean) per structure", "",
                   "| variant | " + " | ".join(a["labels"]) + " |", "|---|" + "---|" * len(a["labels"])]
-        for name, v in a["variants"].items():
+        for name, v in variants.items():
             ps = v["per_structure"].get(kind)
             if ps:
                 lines.append(f"| {name} | " + " | ".join(
                     f"{_pm({'mean': ps[s]['dice_mean'], 'sd': ps[s]['dice_sd']})} / {fmt(ps[s]['hd95_mean'], 1)}"
                     for s in a["labels"]) + " |")
-    lines += ["", "![Dice per variant](ablation.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _at(x: float) -> str:
@@ -84,10 +98,10 @@ def _signed(x) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:+.4f}"
 
 
-def _crossing_lines(a: Mapping) -> list[str]:
+def _crossing_lines(a: Mapping, crossings: Mapping, tag: str = "") -> list[str]:
     """"Where the curves cross": per kind pair, the paired difference at each x, and at equal training minutes."""
     lines = []
-    for name, c in (a.get("crossings") or {}).items():
+    for name, c in crossings.items():
         b, k0 = name.split("_minus_")
         diffs = ", ".join(f"{_signed(r['diff'])} (p {fmt(r['p'])}) at {_at(r['x'])}" for r in c["by_x"])
         verdict = (f"{c['leader']} ahead at every {a['x']}" if c["leader"] else
@@ -102,7 +116,7 @@ def _crossing_lines(a: Mapping) -> list[str]:
                          + ", ".join(f"{_signed(r['diff'])} at {_at(r['minutes'])} min" for r in m["diff"]) + ": "
                          + ("the curves cross at " + " and ".join(f"≈ {_at(t)} min" for t in cross) if cross else
                             f"{b if m['diff'][0]['diff'] > 0 else k0} ahead over the whole range") + ".")
-    return ["", "## Where the curves cross", "", *lines] if lines else []
+    return ["", f"## Where the curves cross{tag}", "", *lines] if lines else []
 
 
 def _figure(width: float, height: float):

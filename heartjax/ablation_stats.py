@@ -202,12 +202,7 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
         raise HeartjaxError(f"study {study.name} has no finished runs to aggregate")
     recs = list(records.values())
     labels = _one([r["labels"] for r in recs], "label sets")
-    by_variant = {v: {s: r for (vv, s), r in records.items() if vv == v} for v in study.variants}
-    variants = {}
-    for name, vrecs in by_variant.items():
-        if vrecs:
-            ref_name = study.reference_of(name)
-            variants[name] = _variant(study, name, vrecs, by_variant.get(ref_name) if ref_name else None, labels)
+    variants = _variants(study, records, labels)
     kinds = list(dict.fromkeys(k for r in recs for k in r["kinds"]))
     missing = [f"{v}-seed{s}" for v, s in expected if (v, s) not in records]
     steps = {k: step_seconds(recs, k) for k in kinds}
@@ -221,4 +216,27 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
         "step_seconds": steps,
         "variants": variants,
         "crossings": crossings(variants, kinds, study.x, steps) if study.x else {},
+        "postprocessed": _postprocessed(study, records, labels, kinds, steps),
     })
+
+
+def _variants(study, records: Mapping[tuple[str, int], Mapping], labels) -> dict:
+    """{variant: block} for the variants with records, each compared with its reference's records."""
+    by_variant = {v: {s: r for (vv, s), r in records.items() if vv == v} for v in study.variants}
+    out = {}
+    for name, vrecs in by_variant.items():
+        if vrecs:
+            ref_name = study.reference_of(name)
+            out[name] = _variant(study, name, vrecs, by_variant.get(ref_name) if ref_name else None, labels)
+    return out
+
+
+def _postprocessed(study, records: Mapping, labels, kinds, steps: Mapping) -> dict | None:
+    """The same numbers on the post-processed test scores (`per_case_post`: what `predict` writes, with the
+    post-processing each run's validation patients chose), when every record has them; else None."""
+    if not all("per_case_post" in r for r in records.values()):
+        return None
+    view = {key: {**r, "per_case": r["per_case_post"]} for key, r in records.items()}
+    variants = {name: {k: v[k] for k in ("x", "kinds", "mean_dice", "per_structure", "vs_baseline", "vs_kind")}
+                for name, v in _variants(study, view, labels).items()}
+    return {"variants": variants, "crossings": crossings(variants, kinds, study.x, steps) if study.x else {}}

@@ -192,6 +192,7 @@ def test_budget_curves_cross_by_steps_and_by_minutes():
     assert [r["minutes"] for r in m["diff"]] == pytest.approx([100 / 60, 200 / 60, 400 / 60])
     assert [r["diff"] for r in m["diff"]] == pytest.approx([-0.15, -0.08, 0.01])
     assert m["cross_minutes"] == pytest.approx([200 / 60 * 2 ** (0.08 / 0.09)])
+    assert a["postprocessed"] is None  # these records have no post-processed scores
     md = ablation_report.markdown(a)
     assert "## Where the curves cross" in md and "the curves cross at ≈ 308" in md and "the curves cross at ≈ 6.17 min" in md
     # 3D ahead everywhere: a leader and no crossing; a study without an x axis has no crossings
@@ -275,6 +276,19 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     assert rec["seed"] == 1 and rec["steps"] == {"2d": 6} and rec["overrides"][-2:] == ["train.steps=6", "seed=1"]
     assert not any("phantom_dir" in o or "cache_dir" in o for o in rec["overrides"])  # no machine's paths
     assert set(rec["per_case"]["2d"][0]) == {"case", "dice", "hd95", "whole_heart_dice"}
+    # the post-processed scores (validation's choice, what predict writes) are kept beside the raw ones
+    run = json.loads((root / "b" / "tiny" / "steps6" / "seed1" / "results.json").read_text())["models"]["2d"]
+    assert rec["per_case_post"]["2d"] == [{k: c[k] for k in ("case", "dice", "hd95", "whole_heart_dice")}
+                                          for c in run["largest_component_test"]["per_case"]]
+    assert on_disk["postprocessed"]["variants"]["steps6"]["mean_dice"]["2d"]["n"] == 2
+    assert "# After post-processing" in (root / "b" / "tiny" / "ablation.md").read_text()
+    # a record made before they were kept is completed from its run folder while that folder exists
+    old = {k: v for k, v in rec.items() if k != "per_case_post"}
+    (records / "steps6-seed1.json").write_text(json.dumps(old))
+    assert ablation.aggregate_study(TINY, records, root / "nowhere")["postprocessed"] is None  # no run folder
+    assert "per_case_post" not in json.loads((records / "steps6-seed1.json").read_text())
+    ablation.aggregate_study(TINY, records, root / "b")
+    assert json.loads((records / "steps6-seed1.json").read_text()) == rec
 
     # aggregation from the records alone (another machine; the study from its own file), and a stale record refused
     study_file = root / "tiny_study.py"
