@@ -142,6 +142,13 @@ def format_table(report: dict) -> str:
                      f"{100 * r['jax_peak_share']:>6.1f} {num(r['torch_gflops'], '.1f'):>10} "
                      f"{r['jax_voxels_per_s'] / 1e6:>7.3f} {r['jax_compile_s']:>9.1f} "
                      f"{num(r.get('augment_share') and 100 * r['augment_share'], '.0f'):>6}")
+    compiled = [r for r in report["rows"] if r.get("torchc_s")]
+    if compiled:
+        lines.append(f"torch.compile (mode {compiled[0]['torch_compile_mode']}), the same PyTorch network through "
+                     "TorchInductor; ratio c = jax ms / torch.compile ms:")
+        lines += [f"  {r['name']:<{w}} {spread(r, 'torchc'):<22} ratio c {r['ratio_compiled']:.2f}, "
+                  f"{r['torchc_gflops']:.1f} GF/s, first call (compilation) {r['torchc_compile_s']:.0f} s"
+                  for r in compiled]
     bf16 = report.get("peak_matmul_gflops_bf16")
     lines.append(f"peak float32 matmul {report['peak_matmul_gflops']:.1f} GFLOP/s"
                  + (f", bfloat16 {bf16:.1f} GFLOP/s (the .bf16 rows' %peak)" if bf16 else "")

@@ -1,7 +1,7 @@
 """Throughput probe of the U-Net train steps and forward passes, optionally side by side with PyTorch.
 
     python -m experiments.benchmark [--sizes ref,default] [--repeats N] [--json FILE] [--compare-torch]
-                                    [--conv-impl NAME] [--dtypes float32,bfloat16] [--upsamples resize,transpose]
+                                    [--torch-compile MODE] [--conv-impl NAME] [--dtypes float32,bfloat16] [--upsamples resize,transpose]
                                     [--quick]
 
 Every row is timed after compilation and one warm-up call, `--repeats` times, each call ended by
@@ -14,7 +14,9 @@ one lax.conv_general_dilated (`gflop`; what the CPU formulation executes, ~5 % m
 before and after the rows; the better median) follow from them. With
 --compare-torch the same network (experiments/torch_unet.py, parameter tensors asserted equal) is timed in the
 same run, alternating JAX and PyTorch calls, and `ratio` = jax_s / torch_s (> 1: JAX is slower). The torch
-rows reuse JAX's FLOP count. --quick (a smoke test) shrinks everything; its numbers mean nothing.
+rows reuse JAX's FLOP count. --torch-compile MODE (implies --compare-torch) times a third side, the same
+PyTorch network through `torch.compile(model, mode=MODE)` (`torchc_*`, `ratio_compiled` = jax_s / torchc_s;
+its first call, the compilation, is `torchc_compile_s`). --quick (a smoke test) shrinks everything; its numbers mean nothing.
 
 --dtypes and --upsamples repeat every row per compute dtype (bfloat16 activations and convolutions with
 float32 parameters; PyTorch under autocast; rated against a bfloat16 matmul peak measured in the same run) and
@@ -36,6 +38,7 @@ import math
 import os
 import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +195,10 @@ class JaxRow:
         return self.state, metrics
 
 
-def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, parallel: bool = False) -> dict:
-    """Compile, warm up and time one row; JAX and PyTorch calls alternate within each repeat."""
+def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, parallel: bool = False,
+            torch_compile: str | None = None) -> dict:
+    """Compile, warm up and time one row; JAX and PyTorch calls alternate within each repeat (and the
+    torch.compile side, with `torch_compile` a mode)."""
     rng = np.random.default_rng(seed)
     shape = (row.batch, *row.patch)
     images = rng.standard_normal((*shape, row.model.in_channels), dtype=np.float32)
@@ -209,8 +214,17 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
             raise AssertionError(f"{row.name}: the torch twin has {sum(sizes)} parameters in {len(sizes)} tensors, "
                                  f"the JAX U-Net {jr.params} in {len(jr.param_sizes)}")
         runs = {"jax": runs.pop("jax"), "torch": run_torch, **runs}
-    for fn in runs.values():  # warm-up: first-call allocations, thread pools, oneDNN primitive caches
+        if torch_compile is not None:
+            runs["torchc"] = torch_unet.make_runner(row.model, row.mode, row.optim, row.loss, images, labels,
+                                                    torch_device, seed, autocast=row.model.dtype,
+                                                    compile_mode=torch_compile)[0]
+    first = {}
+    for k, fn in runs.items():  # warm-up: first-call allocations, thread pools, oneDNN caches, torch.compile
+        t0 = time.perf_counter()
         jax.block_until_ready(fn())
+        first[k] = time.perf_counter() - t0
+    if "torchc" in runs:
+        jax.block_until_ready(runs["torchc"]())  # a recompilation after the first call's guards, if any
     times = {k: [] for k in runs}
     for r in range(repeats):  # JAX first in even repeats, PyTorch first in odd ones
         order = list(runs) if r % 2 == 0 else ["torch", "jax"] + [k for k in runs if k not in ("jax", "torch")]
@@ -226,12 +240,14 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
     for k, ts in times.items():  # median and spread
         out.update({f"{k}_s": statistics.median(ts), f"{k}_min_s": min(ts), f"{k}_max_s": max(ts)})
     out["jax_compile_s"] = jr.compile_s["main"]
-    for side in ("jax", "torch"):
+    for k in ("torch_s", "torch_min_s", "torch_max_s", "torchc_s", "torchc_min_s", "torchc_max_s"):
+        out.setdefault(k, None)
+    for side in ("jax", "torch", "torchc"):
         s = out.get(f"{side}_s")
         out[f"{side}_gflops"], out[f"{side}_voxels_per_s"] = (gflop / s, voxels / s) if s else (None, None)
-    for k in ("torch_s", "torch_min_s", "torch_max_s"):
-        out.setdefault(k, None)
     out["ratio"] = out["jax_s"] / out["torch_s"] if out["torch_s"] else None
+    out["ratio_compiled"] = out["jax_s"] / out["torchc_s"] if out["torchc_s"] else None
+    out["torchc_compile_s"], out["torch_compile_mode"] = first.get("torchc"), torch_compile
     if row.mode == "train":
         out["jax_aug_compile_s"], out["augment_compile_s"] = jr.compile_s["aug"], jr.compile_s["augment"]
         out["augment_share"] = out["augment_s"] / out["jax_aug_s"]  # augment_batch alone / step with it
@@ -248,6 +264,9 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; --quick: 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--compare-torch", action="store_true", help="time the same network in PyTorch, alternating")
+    p.add_argument("--torch-compile", default=None, metavar="MODE",
+                   help="also time it through torch.compile(model, mode=MODE), e.g. default or max-autotune-no-cudagraphs "
+                        "(implies --compare-torch)")
     p.add_argument("--conv-impl", default=None, metavar="NAME",
                    help="model.conv_impl of every network, one of heartjax.conv.IMPLS (default: the default "
                         "preset's). XLA options "
@@ -266,6 +285,7 @@ def parse_args(argv):
             p.error(f"--{opt} {getattr(args, opt)!r}: give a comma list of {', '.join(allowed)}")
         setattr(args, opt, vals)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    args.compare_torch = args.compare_torch or args.torch_compile is not None
     if args.repeats < 1:
         p.error(f"--repeats {args.repeats}: needs at least 1")
     return args
@@ -304,10 +324,11 @@ def main(argv=None) -> int:
         print(f"bfloat16 matmul {n}^2: {start_bf16['gflops']:.1f} GFLOP/s", flush=True)
     rows = []
     for row in variant_rows(make_rows(args.sizes, args.quick, impl), args.dtypes, args.upsamples):
-        rows.append(run_row(row, args.repeats, torch_device, parallel=args.quick))
+        rows.append(run_row(row, args.repeats, torch_device, parallel=args.quick, torch_compile=args.torch_compile))
         r = rows[-1]
         print(f"  {r['name']}: jax {fmt_ms(r['jax_s'])} ms" + (f", torch {fmt_ms(r['torch_s'])} ms"
-              if r["torch_s"] else ""), flush=True)
+              if r["torch_s"] else "") + (f", torch.compile {fmt_ms(r['torchc_s'])} ms" if r["torchc_s"] else ""),
+              flush=True)
     machine["loadavg_end"] = loadavg()
     # Measured before and after the rows: on a shared machine the better median is the closer to the peak.
     end = matmul_peak(n, max(args.repeats, 3))
@@ -316,7 +337,7 @@ def main(argv=None) -> int:
     peak_bf16 = max(start_bf16["gflops"], end_bf16["gflops"]) if bf16 else None
     for r in rows:
         row_peak = peak_bf16 if r["dtype"] == "bfloat16" else peak
-        for side in ("jax", "torch"):
+        for side in ("jax", "torch", "torchc"):
             r[f"{side}_peak_share"] = r[f"{side}_gflops"] / row_peak if r[f"{side}_gflops"] else None
     report = {"machine": machine, "peak_matmul_gflops": peak, "peak_matmul": {"start": start, "end": end},
               "rows": rows}

@@ -183,16 +183,23 @@ def make_forward(model: TorchUNet):
 
 
 def make_runner(cfg, mode: str, optim_cfg, loss_cfg, images: np.ndarray, labels: np.ndarray, device: str = "cpu",
-                seed: int = 0, autocast: str = "float32"):
+                seed: int = 0, autocast: str = "float32", compile_mode: str | None = None):
     """The torch side of one benchmark row.
 
     images float32 [B, *spatial, C] and labels int [B, *spatial] are channels-last numpy arrays, as fed to JAX;
     mode is "train" (one optimiser step per call) or "forward". Returns (run, sorted parameter-tensor sizes);
     run() does one call and waits for the device. autocast "bfloat16" runs each call under torch.autocast (the
-    counterpart of the JAX U-Net's bfloat16 compute with float32 parameters).
+    counterpart of the JAX U-Net's bfloat16 compute with float32 parameters). compile_mode (e.g. "default",
+    "max-autotune-no-cudagraphs") runs the network through `torch.compile` with that mode (TorchInductor: fused
+    C++/OpenMP kernels on the CPU, Triton on GPUs; the forward and, through AOTAutograd, the backward pass; the
+    optimiser step stays eager), with static shapes, so the first call compiles.
     """
     torch.manual_seed(seed)
     model = TorchUNet(cfg).to(device)
+    sizes = sorted(p.numel() for p in model.parameters())
+    if compile_mode is not None:  # static shapes, compiled afresh for each row (one forward code object for all)
+        torch._dynamo.reset()
+        model = torch.compile(model, mode=compile_mode, dynamic=False)  # shares the wrapped module's parameters
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).to(device)
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     forward = make_forward(model) if mode == "forward" else None
@@ -205,4 +212,4 @@ def make_runner(cfg, mode: str, optim_cfg, loss_cfg, images: np.ndarray, labels:
             torch.cuda.synchronize()
         return out
 
-    return run, sorted(p.numel() for p in model.parameters())
+    return run, sizes

@@ -42,6 +42,7 @@ def test_quick_json_report(tmp_path):
         for key in ("jax_s", "gflop", "jax_gflops", "jax_voxels_per_s", "jax_compile_s"):
             assert _positive(r[key]), (r["name"], key, r[key])
         assert r["torch_s"] is None and r["ratio"] is None and r["torch_gflops"] is None and r["torch_max_s"] is None
+        assert r["torchc_s"] is None and r["ratio_compiled"] is None and r["torchc_compile_s"] is None
         assert r["jax_min_s"] <= r["jax_s"] <= r["jax_max_s"]
         assert r["jax_gflops"] == pytest.approx(r["gflop"] / r["jax_s"])
         assert r["jax_peak_share"] == pytest.approx(r["jax_gflops"] / report["peak_matmul_gflops"])
@@ -219,6 +220,29 @@ def test_torch_twin_matches_parameters_and_loss():
             t_out = jax.tree.map(lambda o: torch.from_numpy(np.moveaxis(o, -1, 1).copy()), out)
             got = torch_unet.deep_supervision_loss(t_out, torch.from_numpy(labels), loss_cfg)
             assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_torch_compile_side_computes_what_eager_torch_does():
+    """Runs only where torch is installed: the torch.compile runner shares the eager twin's parameters, so its
+    first train step's loss and a forward's probabilities match eager PyTorch's from the same seed."""
+    torch = pytest.importorskip("torch")
+    from experiments import torch_unet
+
+    rng = np.random.default_rng(1)
+    rows = {r.name: r for r in benchmark.make_rows(["ref"], quick=True)}
+    for name in ("train2d_ref", "forward2d_ref"):
+        row = rows[name]
+        shape = (row.batch, *row.patch)
+        images, labels = rng.standard_normal((*shape, 1)).astype(np.float32), rng.integers(0, 8, shape)
+        eager, sizes = torch_unet.make_runner(row.model, row.mode, row.optim, row.loss, images, labels)
+        compiled, sizes_c = torch_unet.make_runner(row.model, row.mode, row.optim, row.loss, images, labels,
+                                                   compile_mode="default")
+        assert sizes_c == sizes
+        a, b = eager(), compiled()
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, a, b)
+    r = benchmark.run_row(rows["train2d_ref"], 1, "cpu", torch_compile="default")
+    assert r["torchc_s"] > 0 and r["torchc_compile_s"] > 0 and r["torch_compile_mode"] == "default"
+    assert r["ratio_compiled"] == pytest.approx(r["jax_s"] / r["torchc_s"])
 
 
 def test_variant_rows_name_and_configure_each_dtype_and_upsampling():
