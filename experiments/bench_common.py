@@ -117,6 +117,19 @@ def machine_info(conv_impl: str) -> dict:
             "xla_flags": os.environ.get("XLA_FLAGS"), "loadavg_start": loadavg()}
 
 
+def model_flops(build) -> float:
+    """The network's own FLOPs (as in model FLOP utilisation): XLA's cost analysis of the lowered function
+    that `build(conv_impl)` returns as (jitted, args), called with "xla": every convolution traced as ONE
+    lax.conv_general_dilated.
+
+    The CPU formulation executes more (the zero planes of the strided convs' X-phase split, the 2D strided
+    input gradients' space-to-depth); the executed count is reported as `gflop_executed`, rates use the
+    model count.
+    """
+    fn, args = build("xla")
+    return flops_of(fn.lower(*args))
+
+
 def fmt_ms(s) -> str:
     """Seconds as milliseconds for the table ("-" for None)."""
     return "-" if s is None else f"{1e3 * s:.0f}" if s >= 0.1 else f"{1e3 * s:.1f}"

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_common import (compile_all, flops_of, fmt_ms, format_table, graphdef_of, init_train_state,
-                                      loadavg, machine_info, matmul_peak, timed)
+from experiments.bench_common import (compile_all, fmt_ms, format_table, graphdef_of, init_train_state, loadavg,
+                                      machine_info, matmul_peak, model_flops, timed)
 from heartjax import config as config_lib
 from heartjax import experiment
 from heartjax.atomic import write_json
@@ -136,19 +136,6 @@ def make_rows(sizes, quick: bool = False, conv_impl: str | None = None) -> list[
             rows.append(Row(f"train{kind}_default", "train", model, batch, tuple(patch), cfg.optim, cfg.loss, aug,
                             "; ".join(notes)))
     return rows
-
-
-def model_flops(build) -> float:
-    """The network's own FLOPs (as in model FLOP utilisation): XLA's cost analysis of the lowered function
-    that `build(conv_impl)` returns as (jitted, args), called with "xla": every convolution traced as ONE
-    lax.conv_general_dilated.
-
-    The CPU formulation executes more (the zero planes of the strided convs' X-phase split, the 2D strided
-    input gradients' space-to-depth); the executed count is reported as `gflop_executed`, rates use the
-    model count.
-    """
-    fn, args = build("xla")
-    return flops_of(fn.lower(*args))
 
 
 class JaxRow:
