@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from experiments import bench_common, benchmark
 from heartjax import config as config_lib
 from heartjax import experiment
 from heartjax.errors import HeartjaxError
@@ -117,9 +117,9 @@ class _Compiled:
 
 
 def test_flops_of_handles_dict_and_list():
-    assert benchmark.flops_of(_Compiled({"flops": 12.0, "bytes accessed": 3.0})) == 12.0
-    assert benchmark.flops_of(_Compiled([{"flops": 7.0}])) == 7.0
-    assert math.isnan(benchmark.flops_of(_Compiled(None)))
+    assert bench_common.flops_of(_Compiled({"flops": 12.0, "bytes accessed": 3.0})) == 12.0
+    assert bench_common.flops_of(_Compiled([{"flops": 7.0}])) == 7.0
+    assert math.isnan(bench_common.flops_of(_Compiled(None)))
 
 
 def test_model_flops_count_the_network_not_its_formulation():
@@ -134,7 +134,7 @@ def test_model_flops_count_the_network_not_its_formulation():
     # pairs per axis are inside the image (XLA counts no padding taps): 2 * C_out * C_in * 11^3
     analytic = 2 * 6 * 4 * 11**3
     assert benchmark.model_flops(build) == pytest.approx(analytic, rel=0.02)
-    executed = benchmark.flops_of(jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl="planes")).lower(x, w))
+    executed = bench_common.flops_of(jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl="planes")).lower(x, w))
     if conv_lib.resolve_impl("auto", 3) == "planes":
         # The X-phase split also convolves the zero planes padded in X (15 plane-taps per output row of 4 against
         # the 11 inside the image): the executed count differs, the model count does not.
