@@ -96,7 +96,7 @@ def test_four_devices_train_like_one(workspace):
         assert len(a) == len(b) == 10
         rel = np.abs(a - b) / np.abs(a)
         assert rel[0] < 1e-6, rel  # step 2: the same samples, keys and parameters, float reassociation only
-        assert rel.max() < 1e-3, rel  # 20 steps of Adam amplify it (measured: 2D <= 4e-7, 3D <= 1.3e-4)
+        assert rel.max() < 1e-4, rel  # the bar (measured over 20 steps: 2D <= 5.4e-7, 3D <= 7.8e-8)
         print(kind, "relative loss differences", rel, "mean Dice", m1["mean_dice"], m4["mean_dice"])
         assert abs(m1["mean_dice"] - m4["mean_dice"]) < 1e-3
 
