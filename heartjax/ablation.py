@@ -229,13 +229,17 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
 
 def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "runs/ablation",
                     seeds: int | None = None) -> dict:
-    """Aggregate a study from its run records alone (no training) and write its outputs to WORKDIR/STUDY."""
+    """Aggregate a study from its run records of seeds 0..seeds-1 alone (no training) and write its outputs to
+    WORKDIR/STUDY."""
     found = load_records(Path(records), study)
     if not found:
         raise HeartjaxError(f"no run records of study {study.name} in {records}; run the study first or pass "
                             f"the --records folder that holds them")
-    complete_from_runs(Path(records), found, study, workdir)
     n = study.seeds if seeds is None else seeds
+    found = {k: r for k, r in found.items() if k[1] < n}  # --seeds N: seeds 0..N-1 only, as the runs
+    if not found:
+        raise HeartjaxError(f"no run records of study {study.name} for seeds 0-{n - 1} in {records}")
+    complete_from_runs(Path(records), found, study, workdir)
     expected = [(v, s) for s in range(n) for v in study.variants]
     result = aggregate(study, found, expected)
     study_dir = Path(workdir) / study.name

@@ -289,6 +289,8 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     assert "per_case_post" not in json.loads((records / "steps6-seed1.json").read_text())
     ablation.aggregate_study(TINY, records, root / "b")
     assert json.loads((records / "steps6-seed1.json").read_text()) == rec
+    one = ablation.aggregate_study(TINY, records, root / "one", seeds=1)  # seed 0 only, seed 1's records left out
+    assert one["variants"]["steps6"]["mean_dice"]["2d"]["n"] == 1 and one["complete"]
 
     # aggregation from the records alone (another machine; the study from its own file), and a stale record refused
     study_file = root / "tiny_study.py"
