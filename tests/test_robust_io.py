@@ -160,7 +160,7 @@ def test_plain_named_nii_gz_is_read_as_plain(tmp_path):
     ("dicom.nii", b"\x00" * 128 + b"DICM" + b"\x00" * 300,
      "it is a DICOM file; convert the series to NIfTI first (e.g. dcm2niix)"),
     ("zipped.nii.gz", b"PK\x03\x04" + b"\x00" * 400, "it is a zip archive"),
-    ("notes.nii", gzip.compress(b"patient notes\n" * 40), "it is gzip-compressed text ('patient notes"),
+    ("notes.nii", gzip.compress(b"patient notes\n" * 40, mtime=0), "it is gzip-compressed text ('patient notes"),
     ("broken.nii.gz", b"\x1f\x8b not really a gzip file", "a gzip file whose content could not be decompressed"),
 ])
 def test_non_nifti_bytes_are_named(tmp_path, name, content, kind):
