@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from experiments import studies
-from heartjax import ablation, atomic, presets
+from heartjax import ablation, atomic
+from heartjax.config import presets
 from heartjax.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]

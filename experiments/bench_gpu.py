@@ -21,7 +21,8 @@ import time
 import jax
 import numpy as np
 
-from heartjax import atomic, experiment, rng, specs
+from heartjax import atomic, experiment, rng
+from heartjax.experiment import specs
 from heartjax.data.plan import Plan, stage_layout
 from heartjax.model.augment import make_augment
 from heartjax.train.parallel import DataParallel, report_devices

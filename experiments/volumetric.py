@@ -16,7 +16,8 @@ from pathlib import Path
 
 import jax
 
-from heartjax import experiment, presets
+from heartjax import experiment
+from heartjax.config import presets
 from heartjax.errors import HeartjaxError
 from heartjax.train import parallel
 

@@ -34,7 +34,7 @@ from heartjax.data.plan import Plan
 from heartjax.data.quirks import quirk_key
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
-from heartjax.specs import ModelSpec
+from heartjax.experiment.specs import ModelSpec
 
 
 PREDICTIONS_JSON = "predictions.json"

@@ -11,9 +11,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from experiments import ablate, studies
-from heartjax import ablation, ablation_records, ablation_report
+from heartjax import ablation, experiment
+from heartjax.ablation import records as ablation_records
+from heartjax.ablation import report as ablation_report
 from heartjax import config as config_lib
-from heartjax.ablation_stats import aggregate
+from heartjax.ablation.stats import aggregate
 from heartjax.errors import HeartjaxError
 
 # Config fields a shipped study needs that heartjax.config may not have yet (the study is then expected to fail).
@@ -230,7 +232,7 @@ def tiny_env(tmp_path_factory):
 def counting(calls):
     def run_fn(cfg, workdir, **kw):
         calls.append((workdir.parent.name, workdir.name, kw["resume"]))
-        return ablation.experiment.run(cfg, workdir, **kw)
+        return experiment.run(cfg, workdir, **kw)
     return run_fn
 
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 
 from experiments import bench_gpu
-from heartjax import experiment, specs
+from heartjax import experiment
+from heartjax.experiment import specs
 
 
 def test_tiny_rows_on_the_cpu(tmp_path):

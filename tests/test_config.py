@@ -5,7 +5,9 @@ import dataclasses
 import pytest
 
 from heartjax import config as config_lib
-from heartjax import experiment, presets, rng, specs
+from heartjax import experiment, rng
+from heartjax.experiment import specs
+from heartjax.config import presets
 from heartjax.config import Config, DataConfig
 from heartjax.data import cases as cases_lib
 from heartjax.data.datasets import Case

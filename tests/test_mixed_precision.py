@@ -36,7 +36,7 @@ def test_bfloat16_trains_like_float32(tmp_path):
     assert np.max(np.abs(bf16 - f32) / f32) < 0.02
     assert abs(res["bfloat16"].models["3d"].mean_dice - res["float32"].models["3d"].mean_dice) < 0.01
     # parameters stay float32: the restored best weights of the bfloat16 run
-    from heartjax.specs import ModelSpec
+    from heartjax.experiment.specs import ModelSpec
     import json
 
     spec = ModelSpec.from_json(json.loads((tmp_path / "run-bfloat16" / "models" / "3d.json").read_text()))

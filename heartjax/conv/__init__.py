@@ -22,11 +22,12 @@ import jax.numpy as jnp
 
 from heartjax.conv.common import as_tuple, explicit_pads, xla_conv
 from heartjax.conv.xla_cpu import COMPILER_OPTIONS, identity_product, planes_conv
+from heartjax.config.options import CONV_IMPLS
 from heartjax.errors import HeartjaxError
 
 __all__ = ["IMPLS", "BENCH_IMPLS", "conv", "resolve_impl", "compiler_options", "unfused", "upsample"]
 
-IMPLS = ("auto", "xla", "planes")  # the values of model.conv_impl
+IMPLS = CONV_IMPLS  # the values of model.conv_impl
 BENCH_IMPLS = ("planes-plain",)  # A/B variants for the benchmarks, accepted by `conv` but not by model.conv_impl
 
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from heartjax.eval.metrics import paired_test
-from heartjax.eval.scoring import _clean
+from heartjax.eval.scoring import json_safe
 
 BASELINE = "2d"  # every other kind is compared with it, patient by patient
 
@@ -57,7 +57,7 @@ class ModelResult:
         out = {**self.info, **{k: getattr(self, k) for k in _SUMMARY},
                "per_structure": {n: dataclasses.asdict(s) for n, s in self.per_structure.items()},
                "per_case": self.per_case}
-        return _clean(out)
+        return json_safe(out)
 
     @classmethod
     def from_json(cls, kind: str, data: Mapping) -> "ModelResult":
@@ -109,6 +109,6 @@ def compare(models: Mapping[str, ModelResult], names: Sequence[str]) -> dict[str
     if BASELINE not in models:
         return {}
     base = models[BASELINE]
-    return {f"{k.replace('.', '')}_minus_{BASELINE}": {n: _clean(paired_test(_per_case(base, n), _per_case(m, n)))
+    return {f"{k.replace('.', '')}_minus_{BASELINE}": {n: json_safe(paired_test(_per_case(base, n), _per_case(m, n)))
                                                      for n in [*names, "whole_heart"]}
             for k, m in models.items() if k != BASELINE}

@@ -29,14 +29,14 @@ def score_case(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], na
     return {"case": case, **out}
 
 
-def _clean(x):
+def json_safe(x):
     """NaN -> None so results.json is valid JSON."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -63,7 +63,7 @@ def model_results(per_case: list[dict], names: Sequence[str], extra: Mapping | N
         "per_structure": per_structure,
         "per_case": per_case,
     }
-    return _clean(out)
+    return json_safe(out)
 
 
 def fmt(x, digits=3) -> str:

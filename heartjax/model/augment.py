@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heartjax.errors import HeartjaxError
-from heartjax.model.augment_config import AugmentConfig, identity_config  # noqa: F401 (re-exported)
+from heartjax.config.augment import AugmentConfig, identity_config  # noqa: F401 (re-exported)
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 

@@ -23,11 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from heartjax import conv as conv_lib
+from heartjax.config.options import ACTIVATIONS, NORMS, UPSAMPLES
 from heartjax.errors import HeartjaxError
-
-NORMS = ("batch", "instance", "group", "none")
-UPSAMPLES = ("resize", "transpose")
-ACTIVATIONS = ("relu", "leaky_relu")
 
 
 @dataclasses.dataclass(frozen=True)

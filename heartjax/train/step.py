@@ -7,9 +7,7 @@ resumed from step N replays the same random stream as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Any, Callable
 
 import jax
@@ -21,43 +19,9 @@ from flax import nnx
 from heartjax import conv as conv_lib
 from heartjax.model import losses
 from heartjax.model.augment import augment_batch
-from heartjax.errors import HeartjaxError
 from heartjax import rng
 from heartjax.model.unet import UNet, UNetConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser and schedule. sgd: nnU-Net's SGD (Nesterov 0.99, poly decay 0.9); adamw: warm-up + cosine."""
-
-    name: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.99
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    warmup_steps: int = 0
-    poly_power: float = 0.9
-    clip_norm: float = 12.0
-
-    def validate(self) -> None:
-        if self.name not in ("sgd", "adamw"):
-            raise HeartjaxError(f"optim.name must be 'sgd' or 'adamw', got {self.name!r}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise HeartjaxError(f"optim.lr must be a positive number, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise HeartjaxError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.clip_norm < 0:
-            raise HeartjaxError(f"optim.clip_norm must be >= 0 (0 disables clipping), got {self.clip_norm}")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Dice + CE weights and Dice options (see heartjax.model.losses)."""
-
-    lambda_dice: float = 1.0
-    lambda_ce: float = 1.0
-    batch_dice: bool = False
-    include_background: bool = False
+from heartjax.config.options import LossConfig, OptimConfig
 
 
 def learning_rate(cfg: OptimConfig, step, total):

@@ -11,18 +11,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 
+from heartjax import atomic, experiment
 from heartjax import config as config_lib
-from heartjax import experiment
+from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
 from heartjax.errors import HeartjaxError
 from heartjax.eval.results import Results
-
-if TYPE_CHECKING:
-    from heartjax.ablation import RunSpec, Study
 
 _RECORD = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)\.json$")
 # Settings that say where files live, not what is computed: ignored when a record is matched to its run.
@@ -96,8 +94,6 @@ def complete_from_runs(records: Path, found: dict, study: Study, workdir: Path) 
     """Give records made before post-processed scores were kept their `per_case_post`, read from the run's
     results.json when its folder is still in `workdir` and its raw scores are the record's (rewritten atomically);
     returns how many were completed."""
-    from heartjax import atomic
-
     done = 0
     for (variant, seed), rec in found.items():
         results = Path(workdir) / study.name / variant / f"seed{seed}" / "results.json"

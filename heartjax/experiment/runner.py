@@ -25,7 +25,7 @@ from heartjax.eval.figures import overlay_contours
 from heartjax.train.parallel import DataParallel, Feed
 from heartjax.train.tensorboard import NullWriter, SummaryWriter
 from heartjax.model.augment import make_augment
-from heartjax.specs import ModelSpec
+from heartjax.experiment.specs import ModelSpec
 from heartjax.train.budget import StepBudget
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.hooks import CheckpointHook, EvalHook, LogHook, ProgressHook

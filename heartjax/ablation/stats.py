@@ -19,7 +19,7 @@ import numpy as np
 
 from heartjax.errors import HeartjaxError
 from heartjax.eval.metrics import paired_test
-from heartjax.eval.scoring import _clean
+from heartjax.eval.scoring import json_safe
 
 TEST = "wilcoxon signed-rank (two-sided) on per-patient differences of mean Dice, averaged over the shared seeds"
 
@@ -206,7 +206,7 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
     kinds = list(dict.fromkeys(k for r in recs for k in r["kinds"]))
     missing = [f"{v}-seed{s}" for v, s in expected if (v, s) not in records]
     steps = {k: step_seconds(recs, k) for k in kinds}
-    return _clean({
+    return json_safe({
         "study": study.name, "description": study.description,
         "preset": _one([r["preset"] for r in recs], "presets"), "datasets": sorted({r["dataset"] for r in recs}),
         "baseline": {"variant": study.reference_name, "overrides": list(study.baseline)},

@@ -23,16 +23,19 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from heartjax import atomic, presets, specs
+from heartjax import atomic
 from heartjax import config as config_lib
-from heartjax.config import Config
+from heartjax.config import Config, presets
 from heartjax.data import cases as cases_lib
+from heartjax.data import nifti
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
 from heartjax.eval import report
+from heartjax.eval.figures import plot_case_montage, plot_dice_bars
 from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
-from heartjax.runner import train_and_score
+from heartjax.experiment import specs
+from heartjax.experiment.runner import train_and_score
 from heartjax.train.parallel import sync
 
 
@@ -157,8 +160,6 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
 
 
 def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
-    from heartjax.data import nifti
-    from heartjax.eval.figures import plot_case_montage, plot_dice_bars
 
     names, figs = results.label_names, workdir / "figures"
     figs.mkdir(exist_ok=True)

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from heartjax import atomic
-from heartjax.ablation_stats import nanmean, run_mean_dice
+from heartjax.ablation.stats import nanmean, run_mean_dice
 from heartjax.eval.scoring import fmt
+from heartjax.train.tensorboard import SummaryWriter
 
 STATISTICS = ("Means are over all (test patient, training seed) values; sd is the standard deviation of the seeds' "
               "own means (the training noise); n counts the values behind a mean. Each variant is compared with "
@@ -125,9 +128,6 @@ def _crossing_lines(a: Mapping, crossings: Mapping, tag: str = "") -> list[str]:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -216,8 +216,6 @@ def _one_type(rows: list[dict]) -> list[dict]:
 def write_hparams(folder: Path, keys: Sequence[str], records: Mapping, settings_of: Callable) -> Path:
     """One TensorBoard session per (variant, seed, kind) under `folder` (rebuilt whole): hparams variant, seed,
     kind and every varied key's value; metrics the run's mean Dice, whole-heart Dice and Dice per structure."""
-    from heartjax.train.tensorboard import SummaryWriter
-
     keys = [k for k in keys if k != "seed"]
     sessions = [((variant, seed, kind), rec) for (variant, seed), rec in sorted(records.items()) for kind in rec["kinds"]]
     settings = {key: settings_of(rec, keys) for key, rec in sorted(records.items())}

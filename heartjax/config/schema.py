@@ -1,0 +1,151 @@
+"""The one config tree of an experiment: its frozen dataclasses (overrides, JSON and validation live beside).
+
+Sections hold the pieces' own dataclasses where a piece has one (`optim`: OptimConfig, `loss`: LossConfig,
+`augment`: AugmentConfig), so nothing converts them. The U-Net of each model kind is the shared `model`
+section with the kind's own section on top (`model_2d`, `model_25d`, `model_3d`: a field left at None takes the
+shared value); `heartjax.specs` turns them into a `UNetConfig`. Presets live in `heartjax.config.presets`.
+
+`heartjax.config.overrides` sets values by dotted key; `heartjax.config.validation` checks every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from heartjax.config.augment import AugmentConfig
+from heartjax.config.options import LossConfig, OptimConfig
+
+KINDS = ("2d", "2.5d", "3d")  # every model kind heartjax.specs can build
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dir: str | None = None           # None: the built-in phantom; else any layout heartjax.data.datasets knows
+    scheme: str | None = None        # label scheme (mmwhs | acdc | genericK); None: from the layout
+    seed: int = 0                    # phantom, split, fingerprint sample, validation patches (not training)
+    phantom_cases: int = 40          # 5 folds of 8: a paired test over 8 test patients can reach p < 0.05
+    phantom_modality: str = "ct"     # ct | mri | cine (MRI in thick slices, shifted as between breath-holds)
+    phantom_difficulty: int = 1      # 0 easy (the first generator), 1 realistic, 2 harder (phantom_levels.py)
+    phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.6)
+    phantom_dir: str = "data/phantom"  # where the phantom is written once and reused
+    cache_dir: str = "cache"         # preprocessed cases, keyed by plan and source files
+    folds: int = 5                   # the test patients are one fold of a patient-level K-fold split
+    fold: int = 0
+    cross_validate: bool = False     # train every fold into RUN/foldI and pool the test patients
+    val_cases: int = 4               # taken from the training patients for checkpoint selection
+    max_cases: int | None = None     # use only the first N cases (quick looks at big folders)
+    train_cases: int | None = None   # train on N of the training patients (nested subsets); val and test unchanged
+    test_phantom_modality: str | None = None  # score the test patients' scans in this phantom modality instead
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    target_spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0)  # None: nnU-Net's rule
+    depth: int = 3
+    patch_3d: tuple[int, int, int] | None = (48, 48, 48)  # None: from the median shape and max_patch_voxels_3d
+    patch_2d: tuple[int, int] | None = None
+    batch_3d: int = 2
+    batch_2d: int = 16
+    max_patch_voxels_3d: int = 64 ** 3
+    max_patch_voxels_2d: int = 192 ** 2
+    crop_margin_mm: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """U-Net settings shared by every kind (heartjax.model.unet.UNetConfig's fields of the same names)."""
+
+    features: int = 8
+    max_features: int = 64
+    growth: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+    upsample: str = "resize"
+    activation: str = "leaky_relu"
+    deep_supervision: bool = True
+    dtype: str = "float32"
+    conv_impl: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class KindModelConfig:
+    """One kind's U-Net settings on top of `model`; None takes the shared value."""
+
+    features: int | None = None
+    max_features: int | None = None
+    growth: int | None = None
+    norm: str | None = None
+    dropout: float | None = None
+    upsample: str | None = None
+    activation: str | None = None
+    deep_supervision: bool | None = None
+    dtype: str | None = None
+    conv_impl: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Model25dConfig(KindModelConfig):
+    slices: int = 5  # K neighbouring slices (odd) fed as channels; the centre one is predicted
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    fg_fraction: float = 0.33  # share of each batch centred on a structure (nnU-Net's oversampling)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    models: tuple[str, ...] = ("2d", "3d")
+    steps: int = 900                 # the same number of optimiser steps for every model
+    max_seconds: float | None = None  # a wall-time budget per model instead (re-planned at log points)
+    log_every: int = 25
+    eval_every: int = 100
+    val_patches: int = 8
+    ema_decay: float = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    overlap: float = 0.5
+    mirror: bool = False
+    batch_3d: int = 2
+    batch_2d: int = 16               # 2D and 2.5D
+    save_predictions: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0                    # training: initialisation, sampling, augmentation, dropout
+    data: DataConfig = DataConfig()
+    plan: PlanConfig = PlanConfig()
+    model: ModelConfig = ModelConfig()
+    model_2d: KindModelConfig = KindModelConfig(features=16, max_features=128)  # 2D nets are cheap per voxel
+    model_25d: Model25dConfig = Model25dConfig(features=16, max_features=128)
+    model_3d: KindModelConfig = KindModelConfig()
+    optim: OptimConfig = OptimConfig(name="adamw", lr=3e-3, warmup_steps=20)
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig(rotation_deg=(-15.0, 15.0), scale_range=(0.85, 1.15))
+    sampling: SamplingConfig = SamplingConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+
+
+def section_of(kind: str) -> str:
+    """The config section of a model kind: "2.5d" -> "model_25d"."""
+    return "model_" + kind.replace(".", "")
+
+
+def unet_settings(cfg: Config, kind: str) -> dict:
+    """The U-Net fields of a kind: `model`, overlaid with the kind's section where it sets a value."""
+    own = getattr(cfg, section_of(kind))
+    shared = dataclasses.asdict(cfg.model)
+    return {k: (shared[k] if getattr(own, k) is None else getattr(own, k)) for k in shared}
+
+
+def get(cfg: Config, key: str) -> Any:
+    """The value at a dotted key."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
