@@ -289,7 +289,7 @@ def test_compiler_options_keep_results_equal():
 
 
 def test_bench_conv_quick_smoke(tmp_path):
-    from experiments import bench_conv
+    from experiments.bench import conv as bench_conv
 
     out = bench_conv.main(["--quick", "--repeats", "1", "--sections", "layers,upsample", "--impls",
                            "planes,planes-plain", "--json", str(tmp_path / "b.json")])
@@ -303,7 +303,7 @@ def test_bench_conv_quick_smoke(tmp_path):
 
 
 def test_bench_conv_rejects_unknown_impls():
-    from experiments import bench_conv
+    from experiments.bench import conv as bench_conv
 
     with pytest.raises(SystemExit) as exc:
         bench_conv.main(["--quick", "--impls", "planes,im2col"])

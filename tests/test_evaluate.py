@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heartjax import evaluate
+from heartjax.eval import evaluate
 from heartjax.errors import HeartjaxError
 from heartjax.eval import scoring as evaluation
-from heartjax.data import datasets, filenames, labels
-from heartjax.data import nifti
+from heartjax.data import datasets, labels
+from heartjax.data.io import filenames
+from heartjax.data.io import nifti
 
 SPACING_RAS = (0.7, 1.3, 2.5)  # distinct per axis, so a spacing in the wrong axis order changes HD95 and ASSD
 SPACING_STORED = tuple(float(np.float32(s)) for s in SPACING_RAS)  # what the float32 header holds

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from heartjax.data import nifti
+from heartjax.data.io import nifti
 from heartjax.data.labels import MMWHS
 from heartjax.data.plan import Plan
 from heartjax.eval import report
@@ -311,7 +311,7 @@ def test_segment_arrays_like_the_cli(smoke_run, workspace):
     the CLI writes for the file; bad arguments are refused by name."""
 
     from heartjax.errors import HeartjaxError
-    from heartjax.segment import Segmenter, segment
+    from heartjax.serve.segment import Segmenter, segment
 
     split = json.loads((smoke_run / "splits.json").read_text())
     cfg = json.loads((smoke_run / "config.json").read_text())
@@ -339,7 +339,7 @@ def test_segment_arrays_like_the_cli(smoke_run, workspace):
 
 
 def test_postprocess_check_rescores_the_saved_predictions(smoke_run, workspace, monkeypatch):
-    from experiments.postprocess_check import check
+    from experiments.checks.postprocess_check import check
 
     monkeypatch.chdir(workspace)  # the run's relative data paths are the folder it ran in
     before = sorted(p.name for p in workspace.iterdir())

@@ -9,7 +9,7 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax.data import nifti
+from heartjax.data.io import nifti
 from heartjax.errors import HeartjaxError
 from heartjax.data.labels import ACDC, MMWHS
 

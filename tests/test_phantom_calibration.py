@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import phantom_calibration as cal
+from experiments.checks import phantom_calibration as cal
 
 CT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest-sample"
 needs_ct = pytest.mark.skipif(not (CT_DIR / "ct.nii.gz").exists(),

@@ -8,10 +8,11 @@ import pytest
 from scipy import ndimage
 
 from heartjax.config import DataConfig
-from heartjax.data import phantom, phantom_render
+from heartjax.data import phantom
+from heartjax.data.phantom import render as phantom_render
 from heartjax.data.cases import phantom_folder
 from heartjax.data.labels import MMWHS
-from heartjax.data.phantom_levels import LEVELS, VERSION
+from heartjax.data.phantom.levels import LEVELS, VERSION
 
 COARSE = (3.0, 3.0, 3.0)
 SEEDS = range(8)

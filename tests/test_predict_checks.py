@@ -13,7 +13,7 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax import predict
+from heartjax.serve import predict
 from heartjax.data.labels import MMWHS
 from heartjax.data.plan import Plan
 

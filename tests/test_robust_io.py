@@ -10,8 +10,10 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax import cli_paths, evaluate, scan_checks
-from heartjax.data import nifti, nifti_probe
+from heartjax.data.io import cli_paths
+from heartjax.eval import evaluate
+from heartjax.serve import scan_checks
+from heartjax.data.io import nifti, nifti_probe
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
 

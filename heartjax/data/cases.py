@@ -16,16 +16,17 @@ import numpy as np
 from heartjax import rng
 from heartjax.atomic import atomic_dir
 from heartjax.config import DataConfig, PlanConfig
-from heartjax.data import datasets, nifti, plan as plan_lib, preprocess
-from heartjax.data.quirks import Quirks
+from heartjax.data import datasets, plan as plan_lib, preprocess
+from heartjax.data.io import nifti
+from heartjax.data.io.quirks import Quirks
+from heartjax.data.phantom import write_phantom
+from heartjax.data.phantom.levels import VERSION
 from heartjax.errors import HeartjaxError
 
 
 def phantom_folder(d: DataConfig) -> Path:
     """Where the phantom of these settings lives: one folder per generator version, difficulty, modality, case
     count, data seed and spacing, so a phantom written by another generator is never reused."""
-    from heartjax.data.phantom_levels import VERSION
-
     sp = "x".join(f"{s:g}" for s in d.phantom_spacing)
     name = f"v{VERSION}-d{d.phantom_difficulty}-{d.phantom_modality}-n{d.phantom_cases}-seed{d.seed}-{sp}mm"
     return Path(d.phantom_dir) / name
@@ -35,8 +36,6 @@ def resolve_dataset(d: DataConfig, log: Callable = print) -> datasets.Dataset:
     """The dataset of `data.dir`, or the built-in phantom (written once, atomically, then reused)."""
     if d.dir is not None:
         return datasets.discover(Path(d.dir), d.scheme)
-    from heartjax.data.phantom import write_phantom
-
     folder = phantom_folder(d)
     if not (folder / ".complete").exists():
         log(f"writing the synthetic phantom ({d.phantom_cases} {d.phantom_modality.upper()} cases, difficulty "

@@ -15,11 +15,11 @@ from typing import Sequence
 import numpy as np
 
 from heartjax import atomic
-from heartjax.data import filenames
+from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
-from heartjax.data import nifti
-from heartjax.data.dataset_meta import read_dataset_json, read_info_cfg
-from heartjax.data.filenames import natural_key
+from heartjax.data.io import nifti
+from heartjax.data.io.dataset_meta import read_dataset_json, read_info_cfg
+from heartjax.data.io.filenames import natural_key
 from heartjax.errors import HeartjaxError
 
 LAYOUT_EXAMPLES = {

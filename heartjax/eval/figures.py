@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from heartjax import atomic
 
@@ -111,9 +114,6 @@ def orthogonal_slices(volume, centre, spacing=None) -> list[tuple[str, np.ndarra
 
 def _new_figure(width: float, height: float):
     """A pyplot-free figure rendered by the Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -187,8 +187,6 @@ def plot_case_montage(image, truth, preds: Mapping[str, np.ndarray], path, names
     Returns:
       the written path.
     """
-    from matplotlib.patches import Patch
-
     image, truth = np.asarray(image), np.asarray(truth)
     columns = {"truth": truth, **{k: np.asarray(v) for k, v in preds.items()}}
     for key, vol in columns.items():

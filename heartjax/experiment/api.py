@@ -27,7 +27,7 @@ from heartjax import atomic
 from heartjax import config as config_lib
 from heartjax.config import Config, presets
 from heartjax.data import cases as cases_lib
-from heartjax.data import nifti
+from heartjax.data.io import nifti
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
 from heartjax.eval import report

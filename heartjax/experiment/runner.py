@@ -17,7 +17,8 @@ import numpy as np
 from heartjax import config as config_lib
 from heartjax import rng
 from heartjax.config import Config
-from heartjax.data import nifti, preprocess
+from heartjax.data.io import nifti
+from heartjax.data import preprocess
 from heartjax.eval import postprocess, scoring
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
 from heartjax.eval.results import ModelResult

@@ -1,6 +1,6 @@
 """Post-processing on a finished run's test patients: raw, as decided per structure, and the plain largest component.
 
-  python -m experiments.postprocess_check RUN_DIR [--models 2d,3d]
+  python -m experiments.checks.postprocess_check RUN_DIR [--models 2d,3d]
 
 Reads each model's raw test predictions (RUN_DIR/predictions/KIND/*.nii.gz) and decision (eval_KIND.json), and
 the reference labels through the run's own dataset settings; prints per structure the mean Dice raw, with the
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from heartjax import config as config_lib
-from heartjax.data import cases, nifti
-from heartjax.data.quirks import Quirks
+from heartjax.data import cases
+from heartjax.data.io import nifti
+from heartjax.data.io.quirks import Quirks
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.eval.scoring import score_case
@@ -57,7 +58,7 @@ def check(run_dir: Path, kind: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.postprocess_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.checks.postprocess_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--models", default="2d,3d", help="comma-separated kinds (default 2d,3d)")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from heartjax.data import filenames
+from heartjax.data.io import filenames
 from heartjax.errors import HeartjaxError
 
 

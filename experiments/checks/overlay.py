@@ -1,6 +1,6 @@
 """Montage of one test patient of a run: scan, truth and each model's prediction on the scan's own grid.
 
-    python -m experiments.overlay RUN_DIR [--case CASE] [--out FILE.png]
+    python -m experiments.checks.overlay RUN_DIR [--case CASE] [--out FILE.png]
 
 `experiments.volumetric` already writes one for the first test patient into RUN_DIR/figures; this draws any
 other test patient (default: the one closest to the 3D model's median Dice).
@@ -17,13 +17,13 @@ import numpy as np
 
 from heartjax import experiment
 from heartjax.data import cases
-from heartjax.data import nifti
+from heartjax.data.io import nifti
 from heartjax.errors import HeartjaxError
 from heartjax.eval.figures import plot_case_montage
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.overlay", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.checks.overlay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--case", default=None)

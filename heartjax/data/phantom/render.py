@@ -1,6 +1,6 @@
 """Scanner models of the synthetic phantom: tissue classes -> CT (HU) or MRI (bSSFP-like, cine) images.
 
-Level 0 (`heartjax.data.phantom_levels`) renders exactly as the first generator did; higher levels add
+Level 0 (`heartjax.data.phantom.levels`) renders exactly as the first generator did; higher levels add
 arterial-to-venous contrast timing, stronger inflow mixing, streaks from dense contrast, heart motion blur and more
 noise (CT), a stronger bias field and more noise (MRI). The cine mode averages thin slices into thick ones and
 shifts each slice in-plane, as breath-holds between the slices of a cine stack do.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from heartjax.data import phantom_shapes as shp
-from heartjax.data.phantom_levels import Level
+from heartjax.data.phantom import geometry as shp
+from heartjax.data.phantom.levels import Level
 
 
 def ct_values(rng: np.random.Generator, lv: Level) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The phantom's montage (docs/phantom.png): one patient at each difficulty level and modality, three planes.
 
-  python -m experiments.phantom_figure [--out docs/phantom.png] [--seed 0]
+  python -m experiments.checks.phantom_figure [--out docs/phantom.png] [--seed 0]
 
 Rows: CT at difficulty 0 (the first generator), CT, MRI and cine MRI at difficulty 1 (the default); columns: axial
 slice through the LV, coronal slice and sagittal slice, with the labels' contours. Synthetic data only.
@@ -12,6 +12,8 @@ import argparse
 import sys
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from heartjax import atomic
 from heartjax.data import phantom
@@ -32,12 +34,9 @@ def _planes(image, label, affine):
 
 def draw(path, seed: int = 0) -> None:
     """Write the montage PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(ROWS), 3, figsize=(12, 4 * len(ROWS)))
+    fig = Figure(figsize=(12, 4 * len(ROWS)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(ROWS), 3)
     for row, (modality, level, spacing, title) in zip(axes, ROWS):
         image, label, affine = phantom.generate_case(phantom.case_seed(seed, 0), modality, spacing, difficulty=level)
         lo, hi = (-250, 750) if modality == "ct" else np.percentile(image, [1, 99.5])
@@ -51,11 +50,10 @@ def draw(path, seed: int = 0) -> None:
         ax.set_title(name)
     fig.tight_layout()
     atomic.write_with(path, lambda p: fig.savefig(p, dpi=70, format="png"))
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.phantom_figure", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.checks.phantom_figure", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/phantom.png", help="PNG to write (default docs/phantom.png)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; the first case is drawn (default 0)")
     args = parser.parse_args(argv)

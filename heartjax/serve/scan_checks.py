@@ -1,6 +1,6 @@
 """Plausibility checks of a scan against a trained model's plan: can it hold a heart the model can segment?
 
-A scan that passes the loader's checks (`heartjax.data.nifti`) may still be useless to a model: too small to hold a
+A scan that passes the loader's checks (`heartjax.data.io.nifti`) may still be useless to a model: too small to hold a
 heart at the plan's spacing, blank, or with intensities unlike those the model was trained on (a CT without its
 Hounsfield rescaling, an MRI given to a CT model). These are warnings, not refusals: `predict` still segments the
 scan, prints each warning and records it in predictions.json, so a researcher can look at those cases first.

@@ -20,8 +20,8 @@ from nibabel.spatialimages import HeaderDataError
 
 from heartjax import atomic
 from heartjax.data import labels as labels_lib
-from heartjax.data import nifti_probe
-from heartjax.data.filenames import case_id_from_path, is_nifti_path
+from heartjax.data.io import nifti_probe
+from heartjax.data.io.filenames import case_id_from_path, is_nifti_path
 from heartjax.data.labels import resolve_scheme
 from heartjax.errors import HeartjaxError
 

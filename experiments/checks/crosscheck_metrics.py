@@ -1,5 +1,5 @@
 """Cross-check heartjax's Dice, HD95 and ASSD against MONAI on real predictions:
-`python experiments/crosscheck_metrics.py PRED_DIR TRUTH_DIR --scheme acdc`.
+`python experiments/checks/crosscheck_metrics.py PRED_DIR TRUTH_DIR --scheme acdc`.
 
 Not part of the tests and not a heartjax dependency: it needs torch and MONAI, which heartjax never imports.
 Run it from a throwaway environment with PYTHONPATH pointing at the repository, e.g.
@@ -7,7 +7,7 @@ Run it from a throwaway environment with PYTHONPATH pointing at the repository, 
     python3 -m venv /tmp/monai-venv
     /tmp/monai-venv/bin/pip install torch==2.13.0 monai==1.6.1 nibabel==5.4.2 numpy==2.4.6 scipy==1.17.1 \
         jax==0.10.2 jaxlib==0.10.2
-    PYTHONPATH=. /tmp/monai-venv/bin/python experiments/crosscheck_metrics.py PRED_DIR TRUTH_DIR --scheme acdc
+    PYTHONPATH=. /tmp/monai-venv/bin/python experiments/checks/crosscheck_metrics.py PRED_DIR TRUTH_DIR --scheme acdc
 
 Files are paired and loaded exactly as `python -m heartjax.evaluate` does (RAS order, truth spacing in mm).
 Per case and structure it computes, on the same arrays:
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax import evaluate
+from heartjax.eval import evaluate
 from heartjax.eval import scoring as evaluation
-from heartjax.data import nifti
+from heartjax.data.io import nifti
 from heartjax.errors import HeartjaxError
 
 TOLERANCE = {"dice": 1e-4, "hd95": 1e-3, "assd": 1e-3}  # Dice absolute; HD95 and ASSD in mm

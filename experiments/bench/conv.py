@@ -1,6 +1,6 @@
 """Micro-benchmark of heartjax.conv implementations against the machine's float32 matmul peak.
 
-    python -m experiments.bench_conv [--repeats N] [--json FILE] [--sections layers,chain,2d,upsample] [--quick]
+    python -m experiments.bench.conv [--repeats N] [--json FILE] [--sections layers,chain,2d,upsample] [--quick]
 
 Variants: every conv impl of --impls ("xla", "planes"; also "planes-plain", "planes" without materialised
 gradient inputs, for A/B timings: heartjax.conv.BENCH_IMPLS), and each once more compiled with

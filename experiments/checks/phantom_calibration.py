@@ -1,6 +1,6 @@
 """Phantom against real scans: tissue intensities of the phantom CT and MRI next to a real chest CT and ACDC.
 
-  python -m experiments.phantom_calibration [--ct DIR] [--acdc DIR] [--cases 40] [--difficulty 1] [--out DIR]
+  python -m experiments.checks.phantom_calibration [--ct DIR] [--acdc DIR] [--cases 40] [--difficulty 1] [--out DIR]
 
 The real scans are read from local folders (by default ../shared/data/ct-chest-sample and ../shared/data/acdc-ed)
 and nothing derived from them is meant for the repository: the figure and JSON go to --out.
@@ -27,13 +27,15 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from scipy import ndimage
 
 from heartjax import atomic
 from heartjax.data import phantom
 from heartjax.data.labels import MMWHS
 
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[2]
 SHARED = HERE.parent / "shared" / "data"
 REGIONS = ("blood", "myocardium", "fat", "lung", "bone")
 TISSUE_OF = {"blood": ("blood_left", "blood_right"), "myocardium": ("myocardium",), "fat": ("fat",),
@@ -165,12 +167,9 @@ def summarise(real: dict | None, ph: dict, acdc: dict | None, ph_mri: dict) -> d
 
 def figure(path: Path, real, ph, acdc, ph_mri) -> None:
     """Histograms: real against phantom CT per region, and ACDC against phantom MRI (relative to the LV blood)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 6, figsize=(22, 3.4))
+    fig = Figure(figsize=(22, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 6)
     bins = {"blood": (150, 800), "myocardium": (-20, 260), "fat": (-260, -20), "lung": (-1000, -480),
             "bone": (650, 1500)}
     for ax, k in zip(axes, REGIONS):
@@ -187,7 +186,6 @@ def figure(path: Path, real, ph, acdc, ph_mri) -> None:
     axes[5].legend()
     fig.tight_layout()
     atomic.write_with(path, lambda p: fig.savefig(p, dpi=90, format="png"))
-    plt.close(fig)
 
 
 def markdown(summary: dict) -> str:
@@ -207,7 +205,7 @@ def markdown(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.phantom_calibration", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.checks.phantom_calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ct", default=str(SHARED / "ct-chest-sample"), help="folder of the real chest CT")
     parser.add_argument("--acdc", default=str(SHARED / "acdc-ed"), help="ACDC folder (images/, masks/)")
     parser.add_argument("--cases", type=int, default=40, help="phantom cases per modality (default 40)")

@@ -1,4 +1,4 @@
-"""The anatomy a level >= 1 phantom adds to the first generator's heart (`heartjax.data.phantom_shapes`).
+"""The anatomy a level >= 1 phantom adds to the first generator's heart (`heartjax.data.phantom.shapes`).
 
 - the left and right auricles (labelled with their atrium, as MM-WHS does);
 - mitral and tricuspid inflows: each atrium reaches into its ventricle, which paints over it, so the atrium and the
@@ -9,7 +9,7 @@
   `heart_parts`), and the annotator's hand: label boundaries that wander about a millimetre from the image's
   (`annotate`), as manual references do.
 
-Points are canonical heart coordinates (mm before the patient's scale, see `phantom_shapes._Pose`).
+Points are canonical heart coordinates (mm before the patient's scale, see `geometry.Pose`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from heartjax.data.phantom_levels import Level
-from heartjax.data.phantom_shapes import (BLOOD_L, BLOOD_R, L_LA, L_LV, L_RA, L_RV, MYO, _D0, _E2, _E3, Capsule,
-                                          Part, _lvq)
+from heartjax.data.phantom.geometry import (BLOOD_L, BLOOD_R, L_LA, L_LV, L_RA, L_RV, MYO, D0, E2, E3, Capsule,
+                                            Part, lvq)
+from heartjax.data.phantom.levels import Level
 
 
 def detail_params(rng: np.random.Generator, level: Level) -> dict:
@@ -40,8 +40,8 @@ def atrial_detail(p: dict, ps, halo: float) -> list[Part]:
     la_app = ps.tube([(-6, -22, 26), (-26, -8, 30), (-36, 6, 24), (-34, 14, 16)],
                      [9.0 * fl, 8.0 * fl, 6.0 * fl, 3.5 * fl])
     ra_app = ps.tube([(40, 0, 18), (34, 14, 30), (24, 22, 30), (18, 24, 24)], [11.0 * fr, 9.0 * fr, 6.5 * fr, 4.0 * fr])
-    mitral = ps.tube([(3, -20, 12), -6.0 * _D0], [14.0, 13.0])  # ends inside the LV, which paints over it
-    tricuspid = ps.tube([(40, -4, 0), _lvq(0.0, 40.0, 10.0)], [15.0, 14.0])  # ends inside the RV
+    mitral = ps.tube([(3, -20, 12), -6.0 * D0], [14.0, 13.0])  # ends inside the LV, which paints over it
+    tricuspid = ps.tube([(40, -4, 0), lvq(0.0, 40.0, 10.0)], [15.0, 14.0])  # ends inside the RV
     out = [Part(sh, BLOOD_L, L_LA, wall=1.5, wall_tissue=MYO, halo=halo) for sh in la_app]
     out += [Part(sh, BLOOD_R, L_RA, wall=1.5, wall_tissue=MYO, halo=halo) for sh in ra_app]
     out += [Part(sh, BLOOD_L, L_LA) for sh in mitral] + [Part(sh, BLOOD_R, L_RA) for sh in tricuspid]
@@ -52,7 +52,7 @@ def _lv_wall_point(a: float, phi: float, frac: float, lc: float, rc: float) -> n
     """Canonical point at long-axis fraction a (0 base .. 1 apex), angle phi (0: septum) and radial fraction frac
     of the LV cavity half-ellipsoid."""
     ring = np.sqrt(max(1.0 - a * a, 0.0)) * frac
-    return a * lc * _D0 + ring * rc * (np.cos(phi) * _E2 + 0.95 * np.sin(phi) * _E3)
+    return a * lc * D0 + ring * rc * (np.cos(phi) * E2 + 0.95 * np.sin(phi) * E3)
 
 
 def cavity_detail(p: dict, ps, lc: float, rc: float, t: float, rv_rad: np.ndarray, rv_centre: np.ndarray
@@ -72,7 +72,7 @@ def cavity_detail(p: dict, ps, lc: float, rc: float, t: float, rv_rad: np.ndarra
         a2 = float(np.clip(a + rng.uniform(-0.15, 0.15), 0.35, 0.95))
         bundle(_lv_wall_point(a, phi, 0.93, lc, rc), _lv_wall_point(a2, phi + rng.uniform(-0.6, 0.6), 0.93, lc, rc),
                rng.uniform(2.0, 3.2), rng.uniform(1.6, 2.6), L_LV)
-    frame = np.stack([_D0, _E2, _E3])
+    frame = np.stack([D0, E2, E3])
 
     def rv_point(u):  # a point on the RV ellipsoid's surface (free-wall side) in direction u (frame coordinates)
         u = np.asarray(u, float) / np.linalg.norm(u)

@@ -1,12 +1,12 @@
 """The built-in synthetic whole-heart phantom: CT and MRI volumes with MM-WHS labels, the default dataset.
 
 Each case is a chest with all seven MM-WHS structures (LV, RV, LA, RA cavities, LV myocardium, ascending aorta,
-pulmonary artery trunk) drawn from implicit shapes (`heartjax.data.phantom_shapes`), with the surroundings that make
-intensity alone insufficient (`heartjax.data.phantom_chest`): mediastinal and subcutaneous fat, lungs, ribs, sternum,
+pulmonary artery trunk) drawn from implicit shapes (`heartjax.data.phantom.shapes`), with the surroundings that make
+intensity alone insufficient (`heartjax.data.phantom.chest`): mediastinal and subcutaneous fat, lungs, ribs, sternum,
 spine, liver dome, and contrast-filled vessels that are not labelled (aortic arch and descending aorta, pulmonary
 branches and veins, SVC, IVC), plus the unlabelled thin RV free wall. Patients vary in size, pose, chamber
 proportions, wall thickness and contrast timing; how much, and how much of real anatomy and acquisition is drawn,
-is the difficulty level (`heartjax.data.phantom_levels`; scanner models in `heartjax.data.phantom_render`). Files
+is the difficulty level (`heartjax.data.phantom.levels`; scanner models in `heartjax.data.phantom.render`). Files
 follow the MM-WHS layout and are stored in LPS-like voxel order, as DICOM-derived scans are, so loaders must
 reorient them to RAS.
 
@@ -28,11 +28,12 @@ import numpy as np
 from scipy import ndimage
 
 from heartjax import atomic
-from heartjax.data import phantom_render as render
-from heartjax.data import phantom_shapes as shp
-from heartjax.data.phantom_levels import DEFAULT_LEVEL, LEVELS, VERSION, Level
+from heartjax.data.phantom import render
+from heartjax.data.phantom import shapes as shp
+from heartjax.data.phantom.levels import DEFAULT_LEVEL, LEVELS, VERSION, Level
 from heartjax.data.labels import MMWHS
-from heartjax.data.phantom_chest import lung_vessels, paint_chest
+from heartjax.data.phantom.chest import lung_vessels, paint_chest
+from heartjax.data.phantom.detail import annotate
 from heartjax.errors import HeartjaxError
 
 MODALITIES = {"ct": "ct_train", "mri": "mr_train", "cine": "mr_train"}  # cine: thick, shifted MRI slices
@@ -137,8 +138,6 @@ def _build(seed, modality, spacing, fov_mm, difficulty):
         grid = shp.Grid(shape, spacing, tuple(float(o) for o in origin))
     tissue, label = _paint(grid, p, rng)
     if level.detail:
-        from heartjax.data.phantom_detail import annotate
-
         label = annotate(label, grid.spacing, p, level.label_sd)
     return grid, p, tissue, label, rng, level, sub
 
@@ -169,7 +168,7 @@ def generate_case(seed: int, modality: str = "ct", spacing=DEFAULT_SPACING, fov_
         of (seed, spacing, fov_mm): a CT and an MRI with the same seed show the same patient.
       modality: "ct" (Hounsfield units, contrast-enhanced), "mri" (bSSFP-like, arbitrary scale) or "cine" (the MRI
         in thick slices of spacing[2] mm, each averaged over ~2 mm sub-slices and shifted in-plane).
-      difficulty: a key of `heartjax.data.phantom_levels.LEVELS`; 0 is the first generator's phantom, bit for bit.
+      difficulty: a key of `heartjax.data.phantom.levels.LEVELS`; 0 is the first generator's phantom, bit for bit.
       spacing: voxel size in mm (x, y, z), RAS axis order.
       fov_mm: field of view in mm (x, y, z); the grid has round(fov_mm / spacing) voxels per axis.
 

@@ -1,16 +1,16 @@
 """The world-fixed chest of the synthetic phantom: body wall, fat, muscle, lungs, diaphragm, ribs, sternum, spine,
 and the unlabelled lung vessels.
 
-Painted into a tissue map before the heart (`heartjax.data.phantom_shapes.heart_parts`), which paints over it.
-Coordinates are world mm on the phantom's RAS grid; `p` is a patient from `phantom_shapes.sample_patient`.
+Painted into a tissue map before the heart (`heartjax.data.phantom.shapes.heart_parts`), which paints over it.
+Coordinates are world mm on the phantom's RAS grid; `p` is a patient from `shapes.sample_patient`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from heartjax.data.phantom_shapes import (ABDOMEN, BLOOD_L, BLOOD_R, CORTEX, CSF, FAT, LIVER, LUNG, MARROW, MUSCLE,
-                                          RIB, Capsule, Grid, Part, _Pose, unit)
+from heartjax.data.phantom.geometry import (ABDOMEN, BLOOD_L, BLOOD_R, CORTEX, CSF, FAT, LIVER, LUNG, MARROW,
+                                            MUSCLE, RIB, Capsule, Grid, Part, Pose, unit)
 
 
 def paint_chest(tissue: np.ndarray, grid: Grid, p: dict) -> None:
@@ -71,7 +71,7 @@ def paint_chest(tissue: np.ndarray, grid: Grid, p: dict) -> None:
 def lung_vessels(p: dict, rng: np.random.Generator, starts: np.ndarray) -> list[Part]:
     """Unlabelled arteries and veins (to be painted over lung only): trees from the hila, plus short peripheral
     segments from `starts` (world points [N, 3] in the lungs) pointing away from the nearest hilum."""
-    ps, out = _Pose(p), []
+    ps, out = Pose(p), []
     hila = (((62, -24, 50), 1, BLOOD_R), ((-58, -28, 58), -1, BLOOD_R), ((55, -38, 14), 1, BLOOD_L),
             ((-50, -37, 14), -1, BLOOD_L))
     levels = ((35.0, 55.0, 4.0, 2.8), (25.0, 40.0, 2.6, 1.8), (18.0, 30.0, 1.6, 1.0))  # length range, radii
