@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.bench_common import flops_of, machine_info, matmul_peak
 from heartjax import atomic, experiment, rng
 from heartjax.experiment import specs
 from heartjax.data.plan import Plan, stage_layout
@@ -60,8 +61,6 @@ def peak_tflops(dtype: str, override: float | None) -> tuple[float, str]:
     for name, peaks in PEAKS.items():
         if name in kind:
             return peaks[dtype] * jax.device_count(), f"data sheet ({name}) x {jax.device_count()}"
-    from experiments.bench_common import matmul_peak
-
     measured = matmul_peak(1024 if jax.default_backend() != "cpu" else 512, 5, dtype)["gflops"] / 1e3
     return measured * jax.device_count(), "measured matrix product"
 
@@ -83,8 +82,6 @@ def bench_row(kind: str, dtype: str, sizes: str, steps: int, peak_override: floa
     compiled = step.lower(state, (images, labels), key).compile()
     compile_s = time.perf_counter() - t0
     xla_cfg = dataclasses.replace(spec.unet, conv_impl="xla")
-    from experiments.bench_common import flops_of
-
     xla_step = make_train_step(create_train_state(xla_cfg, tx, 0, 1)[0], tx, make_augment(spec.augment, spec.spatial_dims),
                                cfg.loss, cfg.optim, dp)
     flops = flops_of(xla_step.lower(state, (images, labels), key))
@@ -131,8 +128,6 @@ def main(argv=None) -> int:
                   f"{r['voxels_per_s'] / 1e6:8.2f} {r['model_gflop']:8.1f} {r['tflops']:8.2f} {r['mfu']:6.1%} {mem:>8}",
                   flush=True)
     if args.json:
-        from experiments.bench_common import machine_info
-
         atomic.write_json(args.json, {"machine": machine_info("auto"), "rows": rows})
     return 0
 

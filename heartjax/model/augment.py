@@ -36,6 +36,7 @@ import numpy as np
 
 from heartjax.errors import HeartjaxError
 from heartjax.config.augment import AugmentConfig, identity_config  # noqa: F401 (re-exported)
+from heartjax.conv import unfused
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -198,8 +199,6 @@ def _stats(x, *kinds, joint: bool = False):
     over space and channels: [len(kinds), 1]."""
     flat = x.reshape(-1, 1) if joint else x.reshape(-1, x.shape[-1])
     stats = jnp.stack([getattr(jnp, kind)(flat, axis=0) for kind in kinds])
-    from heartjax.conv import unfused  # here: this function is the module's only user
-
     # Keeps XLA:CPU from fusing these reductions with their element-wise consumer (see heartjax.conv.unfused).
     return unfused(stats)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from heartjax import atomic
 from heartjax.data.io import cli_paths
@@ -38,6 +39,9 @@ from heartjax.data.io.quirks import quirk_key
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.experiment.specs import ModelSpec
+from heartjax.train.checkpoint import Checkpointer
+from heartjax.train.parallel import DataParallel
+from heartjax.train.step import abstract_weights, make_predict_fn
 
 
 PREDICTIONS_JSON = "predictions.json"
@@ -76,10 +80,6 @@ class Model:
             have = sorted(p.stem for p in (self.run_dir / "models").glob("*.json"))
             raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} or {spec_file} is "
                                 f"missing); choose --model from {have}")
-        from heartjax.train.checkpoint import Checkpointer
-        from heartjax.train.parallel import DataParallel
-        from heartjax.train.step import abstract_weights, make_predict_fn
-
         try:
             self.spec = ModelSpec.from_json(_read_json(spec_file))
         except (TypeError, KeyError, AttributeError) as err:
@@ -290,8 +290,6 @@ def main(argv=None) -> int:
           f"({len(model.models)} fold(s)) on {jax.devices()[0].platform}"
           f"{' with mirroring' if args.tta else ''}; post-processing: "
           f"{postprocess.describe(model.postprocessing, model.scheme.names)}")
-    from tqdm import tqdm
-
     bar = tqdm(list(zip(files, targets)), unit="scan", dynamic_ncols=True)
     log, entries = Log(bar), []
     for f, target in bar:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from tqdm import tqdm
+
 from heartjax.train.loop import Hook, Point
 from heartjax.train.step import weights
 
@@ -13,8 +15,6 @@ class ProgressHook(Hook):
     """A tqdm bar over the planned steps, with the loss at log points."""
 
     def __init__(self, desc: str, start: int, every: int, enabled: bool = True):
-        from tqdm import tqdm
-
         self.every = every
         self.bar = tqdm(initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=True, disable=not enabled)
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
+import sys
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from heartjax.errors import HeartjaxError
@@ -139,9 +143,6 @@ class Feed:
 
 def _gpu_present() -> bool:
     """Whether nvidia-smi lists a GPU on this machine."""
-    import shutil
-    import subprocess
-
     if not shutil.which("nvidia-smi"):
         return False
     try:
@@ -158,8 +159,6 @@ def report_devices(log: Callable = print) -> None:
     log(f"JAX {jax.__version__} on {jax.default_backend()}: {len(devices)} device(s) ({', '.join(kinds)}) in "
         f"{jax.process_count()} process(es); mesh axis '{AXIS}' over all of them")
     if jax.default_backend() == "cpu" and _gpu_present():
-        import sys
-
         print("\n" + "!" * 100 + "\nWARNING: nvidia-smi finds a GPU, but JAX runs on the CPU: this environment has the "
               "CPU-only jaxlib.\nRun ./run.sh (it installs the CUDA build when nvidia-smi finds a card) or set "
               "HEARTJAX_ACCELERATOR=cuda12.\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
@@ -169,14 +168,10 @@ def agree(value: int) -> int:
     """Process 0's value of an integer decision (e.g. the budget's plan), the same on every process."""
     if jax.process_count() == 1:
         return int(value)
-    from jax.experimental import multihost_utils
-
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def sync(name: str) -> None:
     """A barrier across processes (no-op with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
