@@ -20,6 +20,7 @@ from heartjax.data import cases
 from heartjax.data.io import nifti
 from heartjax.errors import HeartjaxError
 from heartjax.eval.figures import plot_case_montage
+from heartjax.paths import RunFolder
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = experiment.load_config(args.run_dir)
-        results = json.loads((args.run_dir / "results.json").read_text())
+        results = json.loads(RunFolder(args.run_dir).results.read_text())
     except (OSError, HeartjaxError) as e:
         print(f"error: {args.run_dir} is not a finished run ({e})", file=sys.stderr)
         return 2
@@ -48,12 +49,12 @@ def main(argv=None) -> int:
         for kind in kinds:
             mean = next(c["mean_dice"] for c in results["models"][kind]["per_case"] if c["case"] == case)
             label = f"{kind} (Dice {mean:.3f})"
-            preds[label], _ = nifti.load_label_file(args.run_dir / "predictions" / kind / f"{case}.nii.gz", ds.scheme,
-                                                    reference_grid=vol.grid)
+            path = RunFolder(args.run_dir).predictions(kind) / f"{case}.nii.gz"
+            preds[label], _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
     except (HeartjaxError, StopIteration, OSError) as e:
         print(f"error: cannot draw case {case!r} of {args.run_dir}: {e}", file=sys.stderr)
         return 2
-    out = args.out or args.run_dir / "figures" / f"montage_{case}.png"
+    out = args.out or RunFolder(args.run_dir).figures / f"montage_{case}.png"
     plot_case_montage(vol.image, vol.label, preds, out, list(ds.scheme.names), spacing=vol.spacing,
                       title=f"{results['dataset']}: {case}")
     print(f"wrote {out}")

@@ -26,18 +26,19 @@ from heartjax.data.io.quirks import Quirks
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.eval.scoring import score_case
+from heartjax.paths import RunFolder
 
 
 def check(run_dir: Path, kind: str) -> dict:
     """{"structures": names, "rules": {rule: {"dice": {name: mean}, "lost": [(case, name)]}}, "decision": ...}."""
-    cfg = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
-    decision = json.loads((run_dir / f"eval_{kind}.json").read_text())["postprocessing"]
+    cfg = config_lib.from_dict(json.loads(RunFolder(run_dir).config.read_text()))
+    decision = json.loads(RunFolder(run_dir).eval_record(kind).read_text())["postprocessing"]
     ds = cases.resolve_dataset(cfg.data, log=lambda *a: None)
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
              "largest_all": postprocess.keep_largest_component}
     scores, pred_quirks = {r: [] for r in rules}, Quirks()
-    for path in sorted((run_dir / "predictions" / kind).glob("*.nii.gz")):
+    for path in sorted(RunFolder(run_dir).predictions(kind).glob("*.nii.gz")):
         cid = path.name.removesuffix(".nii.gz")
         vol = store.volume(cid)
         with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included

@@ -21,6 +21,7 @@ from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
 from heartjax.errors import HeartjaxError
 from heartjax.eval.results import Results
+from heartjax.paths import study_run
 
 _RECORD = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)\.json$")
 # Settings that say where files live, not what is computed: ignored when a record is matched to its run.
@@ -96,7 +97,7 @@ def complete_from_runs(records: Path, found: dict, study: Study, workdir: Path) 
     returns how many were completed."""
     done = 0
     for (variant, seed), rec in found.items():
-        results = Path(workdir) / study.name / variant / f"seed{seed}" / "results.json"
+        results = study_run(Path(workdir) / study.name, variant, seed).results
         if "per_case_post" in rec or not results.is_file():
             continue
         models = Results.from_json(json.loads(results.read_text())).models

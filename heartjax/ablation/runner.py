@@ -19,10 +19,11 @@ from heartjax.ablation.stats import aggregate, run_mean_dice
 from heartjax.ablation.study import RunSpec, Study, expand
 from heartjax.errors import HeartjaxError
 from heartjax.eval.results import Results
+from heartjax.paths import RunFolder, study_run
 
 
 def run_folder(workdir: Path, spec: RunSpec) -> Path:
-    return Path(workdir) / spec.study / spec.variant / f"seed{spec.seed}"
+    return study_run(Path(workdir) / spec.study, spec.variant, spec.seed).root
 
 
 def _flat(tree: Mapping, prefix: str = "") -> dict:
@@ -35,9 +36,10 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
 
 def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log: Callable = print) -> Results:
     """The results of one run: read back when finished, resumed from its checkpoints when started, else run."""
-    if (folder / "results.json").exists():
-        return Results.from_json(json.loads((folder / "results.json").read_text()))
-    resume = (folder / "config.json").exists()
+    run = RunFolder(folder)
+    if run.results.exists():
+        return Results.from_json(json.loads(run.results.read_text()))
+    resume = run.config.exists()
     if resume:
         saved, wanted = _flat(config_lib.to_dict(experiment.load_config(folder))), _flat(config_lib.to_dict(spec.cfg))
         diff = [k for k in wanted if k not in LOCAL_KEYS and saved.get(k) != wanted[k]]

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import jax
 
 from heartjax import atomic
+from heartjax.paths import RunFolder
 from heartjax.eval.references import REFERENCES
 from heartjax.eval.scoring import fmt, structure_table
 
@@ -165,8 +166,8 @@ def pooled_markdown(results: Mapping) -> str:
 
 def write(workdir: Path, results: Mapping, text: str) -> None:
     """results.json and results.md, each atomically."""
-    atomic.write_json(workdir / "results.json", results)
-    atomic.write_text(workdir / "results.md", text)
+    atomic.write_json(RunFolder(workdir).results, results)
+    atomic.write_text(RunFolder(workdir).results_md, text)
 
 
 def summarize(results: Mapping, workdir: Path, log: Callable = print) -> None:

@@ -36,6 +36,7 @@ from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
 from heartjax.experiment import specs
 from heartjax.experiment.runner import train_and_score
+from heartjax.paths import RunFolder
 from heartjax.train.parallel import sync
 
 
@@ -59,7 +60,7 @@ def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
     clear = False
     if workdir.exists() and any(workdir.iterdir()):
         if resume:
-            if not (workdir / "config.json").exists():
+            if not RunFolder(workdir).config.exists():
                 raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --workdir")
             return
         if not overwrite:
@@ -79,9 +80,9 @@ def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
 def load_config(workdir: Path) -> Config:
     """The validated config a run folder was started with."""
     try:
-        data = json.loads((Path(workdir) / "config.json").read_text())
+        data = json.loads(RunFolder(workdir).config.read_text())
     except (OSError, ValueError) as e:
-        raise HeartjaxError(f"cannot read {Path(workdir) / 'config.json'} ({e}); is this a heartjax run folder?") from None
+        raise HeartjaxError(f"cannot read {RunFolder(workdir).config} ({e}); is this a heartjax run folder?") from None
     return config_lib.from_dict(data)
 
 
@@ -111,16 +112,17 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
         ds = cases_lib.resolve_dataset(cfg.data, log)
     log(f"dataset: {ds.root} ({ds.layout}, {len(ds.cases)} cases, scheme {ds.scheme.name}, modality {ds.modality})")
     store = cases_lib.CaseStore(ds)
-    if (workdir / "splits.json").exists() and (workdir / "plan.json").exists():
-        split = json.loads((workdir / "splits.json").read_text())
-        plan = Plan.from_json(json.loads((workdir / "plan.json").read_text()))
+    run = RunFolder(workdir)
+    if run.splits.exists() and run.plan.exists():
+        split = json.loads(run.splits.read_text())
+        plan = Plan.from_json(json.loads(run.plan.read_text()))
     else:
         split = cases_lib.make_split(ds, cfg.data)  # every process derives the same split and plan
         plan = cases_lib.make_plan(store, split["train"], cfg.plan, cfg.data.seed)
         if _primary():
-            atomic.write_json(workdir / "splits.json", split)
-            atomic.write_json(workdir / "plan.json", plan.to_json())
-            atomic.write_json(workdir / "label_scheme.json", ds.scheme.to_json())
+            atomic.write_json(run.splits, split)
+            atomic.write_json(run.plan, plan.to_json())
+            atomic.write_json(run.label_scheme, ds.scheme.to_json())
     log(f"split: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test patients; "
         f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
     pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
@@ -144,14 +146,15 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
               log: Callable = print) -> ModelResult:
     """Train one kind on the prepared split (resuming from its latest checkpoint), score its best on the test
     patients; a kind already evaluated in this folder (eval_KIND.json) is read back, not retrained."""
-    done = workdir / f"eval_{kind}.json"
+    run = RunFolder(workdir)
+    done = run.eval_record(kind)
     if done.exists():
         log(f"[{kind}] already trained and evaluated; reusing {done.name}")
         return ModelResult.from_json(kind, json.loads(done.read_text()))
     spec = specs.build_spec(cfg, prep.plan, kind, prep.ds.scheme.num_classes)
     if _primary():
-        (workdir / "models").mkdir(exist_ok=True)
-        atomic.write_json(workdir / "models" / f"{kind}.json", spec.to_json())
+        run.models.mkdir(exist_ok=True)
+        atomic.write_json(run.model_spec(kind), spec.to_json())
     result = train_and_score(spec, cfg, prep, workdir, resume, log)
     if _primary():
         atomic.write_json(done, result.to_json())
@@ -161,7 +164,7 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
 
 def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
 
-    names, figs = results.label_names, workdir / "figures"
+    names, figs = results.label_names, RunFolder(workdir).figures
     figs.mkdir(exist_ok=True)
     plot_dice_bars({k: {n: (m.per_structure[n].dice_mean or 0.0) for n in names} for k, m in results.models.items()},
                    figs / "dice_per_structure.png", title=f"Test Dice per structure ({results.dataset})")
@@ -170,7 +173,7 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
     vol = store.volume(case)
     preds = {}
     for kind in results.models:
-        p = workdir / "predictions" / kind / f"{case}.nii.gz"
+        p = RunFolder(workdir).predictions(kind) / f"{case}.nii.gz"
         if p.exists():
             with warnings.catch_warnings():  # the scan's header quirks were reported when the dataset was read
                 warnings.simplefilter("ignore")
@@ -243,21 +246,21 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
             cfg = config_lib.override(cfg, "train.models", tuple(kinds))
         config_lib.validate(cfg)
         if _primary():
-            atomic.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+            atomic.write_json(RunFolder(workdir).config, config_lib.to_dict(cfg))
     kinds = cfg.train.models
     if not cfg.data.cross_validate:
         return run_split(cfg, workdir, kinds, resume, log)
     folds = []
     for fold in range(cfg.data.folds):
-        sub = workdir / f"fold{fold}"
+        sub = RunFolder(workdir).fold(fold).root
         log(f"=== fold {fold} of {cfg.data.folds} ===")
         fold_cfg = config_lib.apply_tree(cfg, {"data": {"fold": fold, "cross_validate": False}})
         if _primary():
             sub.mkdir(exist_ok=True)
-            if not (sub / "config.json").exists():
-                atomic.write_json(sub / "config.json", config_lib.to_dict(fold_cfg))
+            if not RunFolder(sub).config.exists():
+                atomic.write_json(RunFolder(sub).config, config_lib.to_dict(fold_cfg))
         sync(f"fold{fold}")
-        done = sub / "results.json"
+        done = RunFolder(sub).results
         folds.append(Results.from_json(json.loads(done.read_text())) if done.exists()
                      else run_split(fold_cfg, sub, kinds, resume, log))
     return pool_folds(folds, workdir, log)

@@ -27,6 +27,7 @@ from heartjax.train.parallel import DataParallel, Feed
 from heartjax.train.tensorboard import NullWriter, SummaryWriter
 from heartjax.model.augment import make_augment
 from heartjax.experiment.specs import ModelSpec
+from heartjax.paths import RunFolder
 from heartjax.train.budget import StepBudget
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.hooks import CheckpointHook, EvalHook, LogHook, ProgressHook
@@ -86,7 +87,7 @@ def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writ
     step_fn = make_train_step(graphdef, tx, make_augment(spec.augment, spec.spatial_dims), cfg.loss, cfg.optim,
                               parallel)
     predict = make_predict_fn(graphdef, parallel)
-    ckpt = Checkpointer(workdir / "checkpoints" / spec.name)
+    ckpt = Checkpointer(RunFolder(workdir).checkpoints(spec.name))
     loop = LoopState()
     if resume and ckpt.latest_step() is not None:
         state, meta = ckpt.restore("latest", _abstract(state, parallel.replicated))
@@ -126,7 +127,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     names = list(scheme.names)
     parallel = DataParallel.create()
     primary = parallel.primary  # writes TensorBoard and predictions; every process computes
-    writer = SummaryWriter(workdir / "tb" / kind) if primary else NullWriter()
+    writer = SummaryWriter(RunFolder(workdir).tensorboard(kind)) if primary else NullWriter()
     predict, state, loop, ckpt = _train(spec, cfg, prep, workdir, resume, writer, parallel, log)
     best, _ = ckpt.restore("best", _abstract(weights(state), parallel.replicated))
     ckpt.close()
@@ -137,7 +138,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     log(f"[{kind}] main-component post-processing, decided per structure on validation: "
         f"{', '.join(kept) if kept else 'none'}")
     per_case, per_case_pp, infer_seconds = [], [], []
-    pred_dir = workdir / "predictions" / kind
+    pred_dir = RunFolder(workdir).predictions(kind)
     pred_dir.mkdir(parents=True, exist_ok=True)
     store, test_ids = prep.scored
     for i, cid in enumerate(test_ids):

@@ -39,6 +39,7 @@ from heartjax.data.io.quirks import quirk_key
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.experiment.specs import ModelSpec
+from heartjax.paths import RunFolder
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.parallel import DataParallel
 from heartjax.train.step import abstract_weights, make_predict_fn
@@ -62,22 +63,22 @@ class Model:
 
     def __init__(self, run_dir: Path, kind: str | None = None):
         self.run_dir = Path(run_dir)
-        need = ["plan.json", "label_scheme.json"]
-        missing = [n for n in need if not (self.run_dir / n).exists()]
+        run = RunFolder(self.run_dir)
+        missing = [p.name for p in (run.plan, run.label_scheme) if not p.exists()]
         if missing:
             raise HeartjaxError(f"{self.run_dir} is not a finished heartjax run (missing {missing}); "
                                 f"point RUN_DIR at a folder written by python -m experiments.volumetric")
         try:
-            self.plan = Plan.from_json(_read_json(self.run_dir / "plan.json"))
-            self.scheme = LabelScheme.from_json(_read_json(self.run_dir / "label_scheme.json"))
+            self.plan = Plan.from_json(_read_json(run.plan))
+            self.scheme = LabelScheme.from_json(_read_json(run.label_scheme))
         except (TypeError, KeyError, AttributeError) as err:
             raise HeartjaxError(f"run {self.run_dir}: plan.json or label_scheme.json is not what this heartjax "
                                 f"writes ({type(err).__name__}: {err}); train the run again with this "
                                 f"version.") from err
         self.kind = kind or self._best_kind()
-        ckpt_dir, spec_file = self.run_dir / "checkpoints" / self.kind, self.run_dir / "models" / f"{self.kind}.json"
+        ckpt_dir, spec_file = run.checkpoints(self.kind), run.model_spec(self.kind)
         if not ckpt_dir.exists() or not spec_file.exists():
-            have = sorted(p.stem for p in (self.run_dir / "models").glob("*.json"))
+            have = sorted(p.stem for p in run.models.glob("*.json"))
             raise HeartjaxError(f"run {self.run_dir} has no trained {self.kind} model ({ckpt_dir} or {spec_file} is "
                                 f"missing); choose --model from {have}")
         try:
@@ -92,7 +93,7 @@ class Model:
                                 abstract)
         with Checkpointer(ckpt_dir) as ckpt:
             self.weights, _ = ckpt.restore("best", abstract)
-        ev = self.run_dir / f"eval_{self.kind}.json"
+        ev = run.eval_record(self.kind)
         decision = _read_json(ev).get("postprocessing", {}) if ev.exists() else {}
         self.postprocessing = decision  # replayed by heartjax.eval.postprocess.apply
 
@@ -100,7 +101,7 @@ class Model:
         """The model with the best validation Dice (EMA), else the only one trained."""
         scores = {}
         for kind in KINDS:
-            f = self.run_dir / f"eval_{kind}.json"
+            f = RunFolder(self.run_dir).eval_record(kind)
             if f.exists():
                 scores[kind] = _read_json(f).get("best_val_dice") or 0.0
         if not scores:
@@ -125,8 +126,8 @@ class Ensemble:
             state = "is a file, not a folder" if run_dir.exists() else "does not exist"
             raise HeartjaxError(f"run folder {run_dir} {state}; point RUN_DIR at a folder written by "
                                 f"python -m experiments.volumetric")
-        folds = sorted((p for p in run_dir.glob("fold*") if (p / "plan.json").exists()), key=lambda p: p.name)
-        if not folds and not (run_dir / "plan.json").exists():
+        folds = [f.root for f in RunFolder(run_dir).folds()]
+        if not folds and not RunFolder(run_dir).plan.exists():
             raise HeartjaxError(f"{run_dir} is not a heartjax run (no plan.json and no fold*/ folders); "
                                 f"point RUN_DIR at a folder written by python -m experiments.volumetric")
         if folds and kind is None:

@@ -36,39 +36,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from heartjax.errors import HeartjaxError
+from heartjax.train.leaves import check_match, convert_restored, flatten, restore_targets
 from heartjax.train.parallel import sync
 
 SLOTS = ("latest", "best")
 _FORMAT = "heartjax-checkpoint-1"
 _ENTRY = re.compile(r"^step_(\d+)_(\d+)$")
-
-
-def _is_key(x) -> bool:
-    """True for typed PRNG key arrays (concrete or abstract)."""
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _leaf_kind(x) -> str:
-    """How a leaf is stored and rebuilt: key, jax, numpy, numpy_scalar or python."""
-    if _is_key(x):
-        return "key"
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        return "jax"
-    if isinstance(x, np.ndarray):
-        return "numpy"
-    if isinstance(x, np.generic):
-        return "numpy_scalar"
-    if isinstance(x, (bool, int, float)):
-        return "python"
-    raise TypeError(f"checkpoint: unsupported pytree leaf of type {type(x).__name__}; use arrays or scalars")
-
-
-def _describe(x) -> tuple[list[int], str]:
-    """Shape and dtype name of a leaf as recorded in metadata.json."""
-    if _leaf_kind(x) == "python":
-        x = np.asarray(x)
-    return [int(d) for d in x.shape], str(x.dtype)
 
 
 def _json_default(obj):
@@ -80,17 +53,6 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"checkpoint metadata: {type(obj).__name__} is not JSON-serialisable")
-
-
-def _exact_cast(value: np.ndarray, dtype) -> np.ndarray | None:
-    """value cast to dtype, or None when the cast would change any value (NaNs compare equal)."""
-    cast = value.astype(dtype)
-    back = cast.astype(value.dtype)
-    try:
-        same = np.array_equal(back, value, equal_nan=True)
-    except TypeError:  # equal_nan needs a float-like dtype
-        same = np.array_equal(back, value)
-    return cast if same else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,6 +67,20 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _read_info(entry: Path) -> dict:
+    """A checkpoint's metadata.json, checked for its format."""
+    try:
+        info = json.loads((entry / "metadata.json").read_text())
+        if info.get("format") != _FORMAT:
+            raise ValueError(f"unknown format {info.get('format')!r}")
+    except (OSError, ValueError) as err:
+        raise HeartjaxError(
+            f"checkpoint {entry} is unreadable ({err}). Delete it to fall back to no checkpoint, "
+            f"or start without --resume."
+        ) from err
+    return info
 
 
 class Checkpointer:
@@ -153,18 +129,7 @@ class Checkpointer:
                 if child.name.startswith((".tmp_", ".old_")):
                     shutil.rmtree(child, ignore_errors=True)
 
-        leaves, records = {}, []
-        for i, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
-            kind = _leaf_kind(leaf)
-            shape, dtype = _describe(leaf)
-            record = {"path": jax.tree_util.keystr(path), "shape": shape, "dtype": dtype}
-            if kind == "key":
-                record["key_impl"] = str(jax.random.key_impl(leaf))
-                leaf = jax.random.key_data(leaf)
-            elif kind in ("numpy_scalar", "python"):
-                leaf = np.asarray(leaf)
-            leaves[f"leaf_{i:05d}"] = leaf
-            records.append(record)
+        leaves, records = flatten(state)
 
         info = {"format": _FORMAT, "step": int(step), "metadata": metadata, "leaves": records}
         text = json.dumps(info, indent=1, default=_json_default)  # fail before writing anything
@@ -230,55 +195,13 @@ class Checkpointer:
                 f"Start without --resume, or point the run directory at a run that has checkpoints."
             )
         entry = entries[-1][2]
-        try:
-            info = json.loads((entry / "metadata.json").read_text())
-            if info.get("format") != _FORMAT:
-                raise ValueError(f"unknown format {info.get('format')!r}")
-        except (OSError, ValueError) as err:
-            raise HeartjaxError(
-                f"checkpoint {entry} is unreadable ({err}). Delete it to fall back to no checkpoint, "
-                f"or start without --resume."
-            ) from err
+        info = _read_info(entry)
 
         paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
         records = info["leaves"]
-        problems = []
-        saved_paths = [r["path"] for r in records]
-        want_paths = [jax.tree_util.keystr(path) for path, _ in paths_leaves]
-        if saved_paths != want_paths:
-            missing = [p for p in want_paths if p not in saved_paths]
-            extra = [p for p in saved_paths if p not in want_paths]
-            problems.append(f"it holds {len(records)} arrays, the current state {len(paths_leaves)}; "
-                            f"missing from the checkpoint: {', '.join(missing[:5]) or 'none'}; "
-                            f"not in the current state: {', '.join(extra[:5]) or 'none'}")
-        for record, (path, leaf) in zip(records, paths_leaves) if not problems else ():
-            shape, dtype = _describe(leaf)
-            want = f"{jax.tree_util.keystr(path)} {dtype}{shape}"
-            got = f"{record['path']} {record['dtype']}{record['shape']}"
-            keys_differ = ("key_impl" in record) != _is_key(leaf) or (_is_key(leaf) and dtype != record["dtype"])
-            if record["path"] != jax.tree_util.keystr(path) or record["shape"] != shape or keys_differ:
-                problems.append(f"saved {got}, expected {want}")
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} differences)" if len(problems) > 5 else "")
-            raise HeartjaxError(
-                f"checkpoint {entry} does not match the current train state: {shown}. The model or optimiser "
-                f"config changed since it was saved: resume with the same config, or start without --resume."
-            )
+        check_match(entry, records, paths_leaves)
 
-        targets = {}
-        for i, (_, leaf) in enumerate(paths_leaves):
-            kind = _leaf_kind(leaf)
-            if kind == "key":
-                data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-                targets[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(data.shape, data.dtype)
-            elif kind == "jax":  # read in the saved dtype; a differing abstract dtype is cast below if lossless
-                # without a target sharding (e.g. predict on one device), the first device, never the saved
-                # layout, which may name devices of another machine
-                sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-                saved = jax.numpy.dtype(records[i]["dtype"])
-                targets[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(leaf.shape, saved, sharding=sharding)
-            else:
-                targets[f"leaf_{i:05d}"] = np.empty(_describe(leaf)[0], jax.numpy.dtype(records[i]["dtype"]))
+        targets = restore_targets(paths_leaves, records)
         try:
             raw = self._orbax.restore(entry / "state", args=ocp.args.StandardRestore(targets)) if targets else {}
         except Exception as err:  # orbax/tensorstore raise many types for missing or corrupt files
@@ -287,35 +210,7 @@ class Checkpointer:
                 f"without --resume."
             ) from err
 
-        restored, lossy = [], []
-        for i, (record, (path, leaf)) in enumerate(zip(records, paths_leaves)):
-            value, kind = raw[f"leaf_{i:05d}"], _leaf_kind(leaf)
-            sharding = getattr(leaf, "sharding", None) if kind in ("key", "jax") else None
-            dtype = _describe(leaf)[1]
-            if kind != "key" and dtype != record["dtype"]:  # e.g. Python int saved as int64, abstract int32
-                value = _exact_cast(np.asarray(value), jax.numpy.dtype(dtype))
-                if value is None:
-                    lossy.append(f"{jax.tree_util.keystr(path)} {record['dtype']} -> {dtype}")
-                    continue
-            if kind == "key":
-                value = jax.random.wrap_key_data(jax.numpy.asarray(value), impl=record["key_impl"])
-            elif kind == "jax" and not isinstance(value, jax.Array):
-                value = jax.numpy.asarray(value)
-            elif kind == "numpy":
-                value = np.asarray(value)
-            elif kind == "numpy_scalar":
-                value = np.asarray(value)[()]
-            elif kind == "python":
-                value = type(leaf)(np.asarray(value).item())
-            if sharding is not None and value.sharding != sharding:
-                value = jax.device_put(value, sharding)
-            restored.append(value)
-        if lossy:
-            raise HeartjaxError(
-                f"checkpoint {entry}: the current state asks for other dtypes and the saved values do not fit "
-                f"them exactly: {'; '.join(lossy[:5])}. Resume with the same config (dtype settings), or start "
-                f"without --resume."
-            )
+        restored = convert_restored(entry, raw, records, paths_leaves)
         return jax.tree_util.tree_unflatten(treedef, restored), info["metadata"]
 
     def close(self) -> None:

@@ -83,16 +83,13 @@ def fit(state, train_step: Callable, sampler, key, loop: LoopState, *, num_steps
     """Run optimiser steps from `loop.step` to the plan's end; returns (state, loop).
 
     `train_step(state, batch, key) -> (state, metrics)` with metrics {"loss", ...} on the device; `sampler.batch(step)`
-    draws a batch and `place(array)` puts it on the devices (default: the default device, see
-    heartjax.train.parallel.Feed); `num_steps` is the configured length (with a budget, its upper bound). `clock` is injectable,
-    so the budget is tested without sleeping. A NaN or Inf loss raises HeartjaxError at the first due step after it;
-    checkpoints are written only after a finite loss.
-    """
+    draws a batch and `place(array)` puts it on the devices (default: the default device, see heartjax.train.parallel.Feed);
+    `num_steps` is the configured length (with a budget, its upper bound). `clock` is injectable (budget tests need
+    no sleep). A NaN or Inf loss raises HeartjaxError at the first due step after it (`check_finite`)."""
     start = loop.step
     end = loop.planned_steps or num_steps
     calibrate_at = (start + 1, start + 1 + budget.calibrate_steps) if budget else ()
-    since = None  # (step, training seconds) the budget times from
-    first = None
+    since = first = None  # since: (step, training seconds) the budget times from; first: the first calibration
 
     def seconds_now():
         return loop.train_seconds + clock() - t0
@@ -133,19 +130,29 @@ def fit(state, train_step: Callable, sampler, key, loop: LoopState, *, num_steps
                 if planned != end:
                     state = set_plan(state, planned)
                     last = done >= end
-            if not math.isfinite(m["loss"]):
-                evals = [h["step"] for h in loop.history]
-                raise HeartjaxError(
-                    f"the loss became {m['loss']} at step {done}; training stopped. Checkpoints written before it "
-                    f"(last evaluation: step {evals[-1] if evals else 'none'}) are intact. Lower optim.lr or check "
-                    f"the data for corrupt scans.")
-            point = Point(done, state, m, loop, last)
-            for h in hooks:
-                if h.due(done, last):
-                    h(point)
+            check_finite(m["loss"], done, loop)
+            run_due(hooks, Point(done, state, m, loop, last))
             t0 = clock()  # hooks (evaluation, saving) are not training time
     finally:
         fetcher.close()
-        for h in hooks:
-            h.close()
+        run_due(hooks, None)
     return state, loop
+
+
+def check_finite(loss: float, step: int, loop: LoopState) -> None:
+    """Stop the run on a NaN or Inf loss; checkpoints are written only after a finite one, so they are intact."""
+    if not math.isfinite(loss):
+        evals = [h["step"] for h in loop.history]
+        raise HeartjaxError(
+            f"the loss became {loss} at step {step}; training stopped. Checkpoints written before it "
+            f"(last evaluation: step {evals[-1] if evals else 'none'}) are intact. Lower optim.lr or check "
+            f"the data for corrupt scans.")
+
+
+def run_due(hooks: Sequence[Hook], point: Point | None) -> None:
+    """Run the hooks due at `point`, in order; with None (the loop's end, however it ends), close them all."""
+    for h in hooks:
+        if point is None:
+            h.close()
+        elif h.due(point.step, point.last):
+            h(point)
