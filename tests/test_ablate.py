@@ -49,6 +49,13 @@ def test_shipped_study_expands_into_valid_configs(name):
         if study.x:
             for r in runs:
                 assert config_lib.get(r.cfg, study.x) is not None or study.x in ablation_records.X_FALLBACK
+        for r in runs:  # a variant's own settings hold in its config: nothing later overrides them
+            for item in r.variant_overrides:
+                key, value = item.split("=", 1)
+                assert config_lib.get(r.cfg, key) == config_lib.tupled(config_lib.parse_value(value)), (r.variant, item)
+        seed0 = [config_lib.to_json(r.cfg) for r in runs if r.seed == 0]
+        assert len(set(seed0)) == len(seed0), "two variants of the study run the same experiment"
+        assert all(r.cfg != s.cfg for r in runs for s in runs if r.seed != s.seed and r.variant == s.variant)
 
 
 def test_list_and_refusals(tmp_path, capsys):

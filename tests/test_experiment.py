@@ -44,6 +44,16 @@ def run_cli(args, cwd, timeout=600, check=True):
     return p
 
 
+def assert_summaries_match_cases(model: dict) -> None:
+    """A model's per-structure Dice means are the means of its per-case Dice, and its mean Dice their mean."""
+    means = []
+    for name, scores in model["per_structure"].items():
+        values = [c["dice"][name] for c in model["per_case"] if c["dice"][name] is not None]
+        assert scores["dice_mean"] == (pytest.approx(float(np.mean(values)), abs=1e-12) if values else None), name
+        means += [scores["dice_mean"]] if values else []
+    assert model["mean_dice"] == pytest.approx(float(np.mean(means)), abs=1e-12)
+
+
 def strip_wallclock(x):
     """Drop the wall-clock fields, the only ones allowed to differ between runs with the same seed."""
     if isinstance(x, dict):
@@ -82,7 +92,7 @@ def test_smoke_run_writes_everything(smoke_run):
         for s in m["per_structure"].values():
             assert {"dice_mean", "dice_sd", "iou_mean", "hd95_mean", "assd_mean"} <= set(s)
         assert [c["case"] for c in m["per_case"]] == split["test"]
-        assert 0.0 <= m["mean_dice"] <= 1.0
+        assert_summaries_match_cases(m)
         preds = sorted((smoke_run / "predictions" / kind).glob("*.nii.gz"))
         assert [p.name.removesuffix(".nii.gz") for p in preds] == sorted(split["test"])
     md = (smoke_run / "results.md").read_text()
@@ -251,7 +261,8 @@ def api_runs(workspace):
 
 def test_python_api_example(api_runs):
     res, folder, reads = api_runs[0]
-    assert 0.0 <= res.models["2d"].per_structure["LV"].dice_mean <= 1.0
+    lv = [c["dice"]["LV"] for c in res.models["2d"].per_case]
+    assert res.models["2d"].per_structure["LV"].dice_mean == pytest.approx(float(np.mean(lv)), abs=1e-12)
     assert res.models["2d"].steps == 8 and list(res.models) == ["2d"]
     on_disk = json.loads((folder / "results.json").read_text())
     assert strip_wallclock(on_disk["models"]["2d"]) == strip_wallclock(res.models["2d"].to_json())
@@ -290,7 +301,8 @@ def test_25d_kind_trains_scores_and_predicts(workspace):
     run_cli(["experiments.volumetric", "--preset", "smoke", "--models", "2.5d", "--workdir", "run25"], cwd=workspace)
     run = workspace / "run25"
     res = json.loads((run / "results.json").read_text())
-    assert list(res["models"]) == ["2.5d"] and 0.0 <= res["models"]["2.5d"]["mean_dice"] <= 1.0
+    assert list(res["models"]) == ["2.5d"]
+    assert_summaries_match_cases(res["models"]["2.5d"])
     spec = json.loads((run / "models" / "2.5d.json").read_text())
     assert spec["context"] == 3 and spec["unet"]["in_channels"] == 3 and spec["unet"]["spatial_dims"] == 2
     assert spec["augment"]["joint_channels"] is True

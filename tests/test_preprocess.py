@@ -56,7 +56,6 @@ def test_resample_label_never_invents_values():
 
 def test_resample_image_exact_shape_and_identity():
     img = np.random.default_rng(0).standard_normal((10, 12, 7)).astype(np.float32)
-    assert preprocess.resample_image(img, (10, 12, 7)) is not None
     np.testing.assert_array_equal(preprocess.resample_image(img, (10, 12, 7)), img)
     assert preprocess.resample_image(img, (21, 5, 13)).shape == (21, 5, 13)
 

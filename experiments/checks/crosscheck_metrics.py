@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from heartjax.eval import evaluate
-from heartjax.eval import scoring as evaluation
+from heartjax.eval import scoring
 from heartjax.data.io import nifti
 from heartjax.errors import HeartjaxError
 
@@ -88,7 +88,7 @@ def crosscheck(pred_dir, truth_dir, scheme, limit: int | None = None) -> dict:
             pred, _ = nifti.load_label_file(pair.pred, scheme, reference_grid=grid)
         spacing = grid.ras_spacing
         t0 = time.perf_counter()
-        ours = evaluation.score_case(pred, truth, spacing, names, pair.case)
+        ours = scoring.score_case(pred, truth, spacing, names, pair.case)
         t1 = time.perf_counter()
         theirs = _monai_case(pred, truth, spacing, k1)
         t2 = time.perf_counter()

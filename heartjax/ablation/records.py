@@ -20,6 +20,7 @@ from heartjax import config as config_lib
 from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
 from heartjax.errors import HeartjaxError
+from heartjax.eval.metric_table import METRICS
 from heartjax.eval.results import Results
 from heartjax.paths import study_run
 
@@ -56,7 +57,8 @@ def x_value(key: str | None, cfg: Config, results: Results):
 
 
 def _case_row(case: Mapping) -> dict:
-    return {"case": case["case"], "dice": case["dice"], "hd95": case.get("hd95", {}),
+    """What a record keeps of a case: the metrics the table marks `record` (Dice, HD95), and whole-heart Dice."""
+    return {"case": case["case"], **{m.name: case.get(m.name, {}) for m in METRICS if m.record},
             "whole_heart_dice": case.get("whole_heart_dice")}
 
 

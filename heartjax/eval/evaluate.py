@@ -8,7 +8,7 @@ Each pair is scored on the truth's grid, in RAS order, with the truth's voxel sp
 file) is reported and skipped; the others are still scored and written, and the exit code says something failed.
 
 Writes `evaluation.json` ({"scheme", "names", "pred_dir", "truth_dir", "cases", "summary"}, with "cases" the
-pairing and status of every case, "summary" the `evaluation.model_results` block) and `evaluation.csv` (one row
+pairing and status of every case, "summary" the `scoring.model_results` block) and `evaluation.csv` (one row
 per scored case) atomically, by default into PRED_DIR, and prints a per-structure table.
 
 Exit status: 0 every case scored; 1 a case could not be scored (the others are written); 2 a usage error (a folder
@@ -37,7 +37,8 @@ from heartjax.data import labels as labels_lib
 from heartjax.data.io import nifti
 from heartjax.data.io.filenames import natural_key, pair_key
 from heartjax.errors import HeartjaxError
-from heartjax.eval import scoring as evaluation
+from heartjax.eval import scoring
+from heartjax.eval.metric_table import METRICS
 
 _MAX_LISTED = 10  # failures printed in full; the JSON lists them all
 _NAMES = filenames.label_names("X")
@@ -116,10 +117,10 @@ def infer_scheme(truth_files: Sequence[Path]) -> labels_lib.LabelScheme:
 
 
 def _score_pair(pair: Pair, scheme: labels_lib.LabelScheme) -> dict:
-    """Load one pair (prediction on the truth's grid) and score it with evaluation.score_case."""
+    """Load one pair (prediction on the truth's grid) and score it with scoring.score_case."""
     truth, grid = nifti.load_label_file(pair.truth, scheme)
     pred, _ = nifti.load_label_file(pair.pred, scheme, reference_grid=grid)
-    return evaluation.score_case(pred, truth, grid.ras_spacing, scheme.names, pair.case)
+    return scoring.score_case(pred, truth, grid.ras_spacing, scheme.names, pair.case)
 
 
 def _try_score(pair: Pair, scheme: labels_lib.LabelScheme) -> tuple[dict | None, str | None]:
@@ -143,7 +144,7 @@ def evaluate_folders(pred_dir, truth_dir, scheme=None, workers: int = 1, allow_m
     Returns:
       {"scheme": name, "names": [K structure names], "pred_dir", "truth_dir",
        "cases": [{"case", "prediction", "truth", "status": "ok" | "error" | "missing_prediction", "error"}],
-       "summary": evaluation.model_results(...) of the scored cases (None if none), "failed": int}.
+       "summary": scoring.model_results(...) of the scored cases (None if none), "failed": int}.
     Raises:
       HeartjaxError: a folder is missing, no pairs were found, or the scheme cannot be inferred.
     """
@@ -182,21 +183,21 @@ def evaluate_folders(pred_dir, truth_dir, scheme=None, workers: int = 1, allow_m
                       "truth": None if pair.truth is None else str(pair.truth), "status": status,
                       "error": error})
     extra = {"n_cases": len(per_case), "n_failed": failed}
-    summary = evaluation.model_results(per_case, scheme.names, extra) if per_case else None
+    summary = scoring.model_results(per_case, scheme.names, extra) if per_case else None
     return {"scheme": scheme.name, "names": list(scheme.names), "pred_dir": str(pred_dir),
             "truth_dir": str(truth_dir), "cases": cases, "summary": summary, "failed": failed}
 
 
 def csv_rows(result: dict) -> list[list[str]]:
-    """Header and one row per scored case: case, per structure dice/iou/hd95/assd, whole heart, accuracies."""
+    """Header and one row per scored case: case, per structure every metric of the table, whole heart, accuracies."""
     names = result["names"]
-    header = ["case"] + [f"{n}_{m}" for n in names for m in ("dice", "iou", "hd95", "assd")]
+    header = ["case"] + [f"{n}_{m.name}" for n in names for m in METRICS]
     header += ["whole_heart_dice", "accuracy", "fg_accuracy", "mean_dice"]
     rows = [header]
     for c in (result["summary"] or {}).get("per_case", []):
         row = [c["case"]]
         for n in names:
-            row += [_cell(c[m][n]) for m in ("dice", "iou", "hd95", "assd")]
+            row += [_cell(c[m.name][n]) for m in METRICS]
         row += [_cell(c[k]) for k in ("whole_heart_dice", "accuracy", "fg_accuracy", "mean_dice")]
         rows.append(row)
     return rows
@@ -231,19 +232,22 @@ def write_results(result: dict, out=None) -> tuple[Path, Path]:
 
 
 def format_table(result: dict) -> list[str]:
-    """Markdown rows: per structure Dice, IoU, HD95 and ASSD as mean ± sd over the scored cases."""
+    """Markdown rows: per structure every metric of the table as mean ± sd over the scored cases."""
     s = result["summary"]
-    pm = lambda st, m, d: f"{evaluation.fmt(st[m + '_mean'], d)} ± {evaluation.fmt(st[m + '_sd'], d)}"  # noqa: E731
+    def pm(st, m):
+        return f"{scoring.fmt(st[m.name + '_mean'], m.digits)} ± {scoring.fmt(st[m.name + '_sd'], m.digits)}"
+
+    pad = " |" * (len(METRICS) - 1)
     lines = [f"{s['n_cases']} cases scored, {result['failed']} failed (scheme {result['scheme']})",
-             "| structure | Dice | IoU | HD95 mm | ASSD mm |", "|---|---|---|---|---|"]
+             "| structure | " + " | ".join(m.column() for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for n in result["names"]:
         st = s["per_structure"][n]
-        lines.append(f"| {n} | {pm(st, 'dice', 3)} | {pm(st, 'iou', 3)} | {pm(st, 'hd95', 2)} | {pm(st, 'assd', 2)} |")
-    lines.append(f"| mean Dice | {evaluation.fmt(s['mean_dice'])} | | | |")
+        lines.append(f"| {n} | " + " | ".join(pm(st, m) for m in METRICS) + " |")
+    lines.append(f"| mean Dice | {scoring.fmt(s['mean_dice'])} |{pad}")
     if s.get("whole_heart_dice") is not None:
-        lines.append(f"| whole heart | {evaluation.fmt(s['whole_heart_dice'])} ± "
-                     f"{evaluation.fmt(s['whole_heart_dice_sd'])} | | | |")
-    lines.append(f"accuracy {evaluation.fmt(s['accuracy'], 4)}, foreground accuracy {evaluation.fmt(s['fg_accuracy'], 4)}")
+        lines.append(f"| whole heart | {scoring.fmt(s['whole_heart_dice'])} ± "
+                     f"{scoring.fmt(s['whole_heart_dice_sd'])} |{pad}")
+    lines.append(f"accuracy {scoring.fmt(s['accuracy'], 4)}, foreground accuracy {scoring.fmt(s['fg_accuracy'], 4)}")
     return lines
 
 

@@ -11,23 +11,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from heartjax.eval.metric_table import summary_keys
 from heartjax.eval.metrics import paired_test
 from heartjax.eval.scoring import json_safe
 
 BASELINE = "2d"  # every other kind is compared with it, patient by patient
 
 
-@dataclasses.dataclass(frozen=True)
-class StructureScores:
-    dice_mean: float | None = None
-    dice_sd: float | None = None
-    dice_median: float | None = None
-    iou_mean: float | None = None
-    iou_sd: float | None = None
-    hd95_mean: float | None = None
-    hd95_sd: float | None = None
-    assd_mean: float | None = None
-    assd_sd: float | None = None
+# One structure's summary over the test patients: a field per metric of the table and aggregation ("dice_mean",
+# "dice_sd", "dice_median", "iou_mean", ..., "nsd_sd"); a field a results.json lacks reads as None.
+StructureScores = dataclasses.make_dataclass(
+    "StructureScores", [(k, float | None, dataclasses.field(default=None)) for k in summary_keys()], frozen=True,
+    namespace={"__module__": __name__})
 
 
 _SUMMARY = ("mean_dice", "whole_heart_dice", "whole_heart_dice_sd", "accuracy", "fg_accuracy")

@@ -1,7 +1,7 @@
 """Scoring whole volumes and reporting: one implementation used by the experiments and `heartjax.evaluate`.
 
 A case is scored on its original grid (RAS order): Dice, IoU, accuracy and foreground accuracy from integer
-counts, whole-heart Dice, HD95 and ASSD in mm (see heartjax.eval.metrics and heartjax.eval.surface for the definitions).
+counts, whole-heart Dice, and the surface metrics of `heartjax.eval.metric_table` (HD95, ASSD in mm, NSD at 1 mm).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from heartjax.eval import metrics
+from heartjax.eval.metric_table import METRICS, by_source
 from heartjax.eval.surface import surface_metrics
 
 _counts = jax.jit(metrics.confusion_counts, static_argnums=2)
@@ -24,8 +25,8 @@ def score_case(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], na
     counts = jax.device_get(_counts(np.asarray(pred), np.asarray(truth), k))
     out = metrics.case_metrics(counts, names)
     surf = surface_metrics(np.asarray(pred), np.asarray(truth), tuple(float(s) for s in spacing), k)
-    out["hd95"] = {n: float(v) for n, v in zip(names, surf["hd95"])}
-    out["assd"] = {n: float(v) for n, v in zip(names, surf["assd"])}
+    for m in by_source("surface"):
+        out[m.name] = {n: float(v) for n, v in zip(names, surf[m.name])}
     return {"case": case, **out}
 
 
@@ -43,14 +44,7 @@ def json_safe(x):
 def model_results(per_case: list[dict], names: Sequence[str], extra: Mapping | None = None) -> dict:
     """The results block of one model: summary per structure plus per-case scores (JSON-ready, NaN -> null)."""
     summ = metrics.summarize([{k: v for k, v in c.items() if k != "case"} for c in per_case], names)
-    per_structure = {}
-    for n in names:
-        per_structure[n] = {
-            "dice_mean": summ["dice"][n]["mean"], "dice_sd": summ["dice"][n]["sd"], "dice_median": summ["dice"][n]["median"],
-            "iou_mean": summ["iou"][n]["mean"], "iou_sd": summ["iou"][n]["sd"],
-            "hd95_mean": summ["hd95"][n]["mean"], "hd95_sd": summ["hd95"][n]["sd"],
-            "assd_mean": summ["assd"][n]["mean"], "assd_sd": summ["assd"][n]["sd"],
-        }
+    per_structure = {n: {f"{m.name}_{a}": summ[m.name][n][a] for m in METRICS for a in m.aggregation} for n in names}
     dice_means = [per_structure[n]["dice_mean"] for n in names]
     finite = [d for d in dice_means if math.isfinite(d)]
     out = {
@@ -73,24 +67,27 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def table_cell(scores: Mapping, metric) -> str:
+    """A metric's markdown cell: mean ± sd or the mean, at the metric's digits (NaN/None as a dash)."""
+    mean = fmt(scores.get(f"{metric.name}_mean"), metric.digits)
+    return f"{mean} ± {fmt(scores.get(f'{metric.name}_sd'), metric.digits)}" if metric.sd_in_table else mean
+
+
 def structure_table(models: Mapping[str, dict], names: Sequence[str]) -> list[str]:
-    """Markdown rows: per structure, Dice / IoU / HD95 / ASSD (mean ± sd) for each model."""
-    head = "| structure | " + " | ".join(f"{m} Dice | {m} IoU | {m} HD95 mm | {m} ASSD mm" for m in models) + " |"
-    lines = [head, "|" + "---|" * (1 + 4 * len(models))]
+    """Markdown rows: per structure, every metric of the table for each model (Dice as mean ± sd)."""
+    pad = [""] * (len(METRICS) - 1)
+    head = "| structure | " + " | ".join(f"{k} {m.column()}" for k in models for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(METRICS) * len(models))]
     for n in names:
-        cells = []
-        for m in models.values():
-            s = m["per_structure"][n]
-            cells += [f"{fmt(s['dice_mean'])} ± {fmt(s['dice_sd'])}", f"{fmt(s['iou_mean'])}",
-                      f"{fmt(s['hd95_mean'], 1)}", f"{fmt(s['assd_mean'], 2)}"]
+        cells = [table_cell(m["per_structure"][n], metric) for m in models.values() for metric in METRICS]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     cells = []
     for m in models.values():
-        cells += [f"**{fmt(m['mean_dice'])}**", "", "", ""]
+        cells += [f"**{fmt(m['mean_dice'])}**", *pad]
     lines.append("| mean | " + " | ".join(cells) + " |")
     if all(m.get("whole_heart_dice") is not None for m in models.values()):
         cells = []
         for m in models.values():
-            cells += [f"{fmt(m['whole_heart_dice'])} ± {fmt(m.get('whole_heart_dice_sd'))}", "", "", ""]
+            cells += [f"{fmt(m['whole_heart_dice'])} ± {fmt(m.get('whole_heart_dice_sd'))}", *pad]
         lines.append("| whole heart | " + " | ".join(cells) + " |")
     return lines

@@ -1,4 +1,4 @@
-"""Surface distance metrics (HD95, ASSD) in mm, on the host with numpy and scipy, defined as MONAI defines them.
+"""Surface metrics (HD95, ASSD in mm; NSD), on the host with numpy and scipy, defined as MONAI defines them.
 
 Definitions (MONAI `monai/metrics/utils.py` `get_mask_edges`, `get_surface_distance`,
 `get_edge_surface_distance`; `hausdorff_distance.py`; `surface_distance.py`), for one class c:
@@ -36,6 +36,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from heartjax.errors import HeartjaxError
+from heartjax.eval.metric_table import by_source
 
 
 def mask_edges(mask: np.ndarray) -> np.ndarray:
@@ -113,22 +114,25 @@ def _check_inputs(pred, target, spacing, num_classes) -> tuple[np.ndarray, np.nd
 
 
 def surface_metrics(pred, target, spacing: Sequence[float], num_classes: int) -> dict[str, np.ndarray]:
-    """HD95 and ASSD in mm per foreground class, as MONAI defines them (see the module docstring).
+    """Every surface metric of `heartjax.eval.metric_table` per foreground class: HD95 and ASSD in mm as MONAI
+    defines them (see the module docstring), NSD at 1 mm.
 
     Args:
       pred, target: integer label maps [X, Y, Z] or [X, Y] with values 0..num_classes - 1 (0 = background).
       spacing: voxel size in mm per axis, in the same axis order.
       num_classes: K + 1, background included.
     Returns:
-      {"hd95": float64 [K], "assd": float64 [K]} for classes 1..K. NaN where the class is absent from both;
-      the image diagonal in mm where it is absent from exactly one.
+      {"hd95": float64 [K], "assd": float64 [K], "nsd": float64 [K]} for classes 1..K. NaN where the class is
+      absent from both; the metric's worst value where it is absent from exactly one (the image diagonal in mm
+      for distances, 0 for NSD).
     Raises:
       HeartjaxError: on mismatched shapes, bad spacing or labels outside 0..num_classes - 1.
     """
     pred, target, spacing = _check_inputs(pred, target, spacing, num_classes)
     k = num_classes - 1
     worst = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
-    hd95, assd = np.full(k, np.nan), np.full(k, np.nan)
+    table = by_source("surface")
+    out = {m.name: np.full(k, np.nan) for m in table}
     # One pass per map finds every class's box; then each class works only inside the union box (MONAI crops too).
     boxes_pred, boxes_target = _bounding_boxes(pred, num_classes), _bounding_boxes(target, num_classes)
     for c in range(1, num_classes):
@@ -136,7 +140,8 @@ def surface_metrics(pred, target, spacing: Sequence[float], num_classes: int) ->
         if box_p is None and box_t is None:
             continue
         if box_p is None or box_t is None:
-            hd95[c - 1] = assd[c - 1] = worst
+            for m in table:
+                out[m.name][c - 1] = m.worst(worst)
             continue
         box = _union_box(box_p, box_t)
         # Outside the union box both masks are empty, so mask_edges' zero border equals MONAI's 1-voxel margin.
@@ -144,6 +149,6 @@ def surface_metrics(pred, target, spacing: Sequence[float], num_classes: int) ->
         edges_t = mask_edges(target[box] == c)
         d_pt = directed_distances(edges_p, edges_t, spacing)
         d_tp = directed_distances(edges_t, edges_p, spacing)
-        hd95[c - 1] = max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
-        assd[c - 1] = (d_pt.sum() + d_tp.sum()) / (d_pt.size + d_tp.size)
-    return {"hd95": hd95, "assd": assd}
+        for m in table:
+            out[m.name][c - 1] = m.fn(d_pt, d_tp)
+    return out
