@@ -18,6 +18,7 @@ from scipy import ndimage
 from heartjax.eval import evaluate
 from heartjax.errors import HeartjaxError
 from heartjax.eval import scoring as evaluation
+from heartjax.eval.metric_table import METRICS
 from heartjax.data import datasets, labels
 from heartjax.data.io import filenames
 from heartjax.data.io import nifti
@@ -106,7 +107,7 @@ def test_perturbed_prediction_equals_score_case_in_ras_with_mm_spacing(tmp_path,
     assert code == 0, err
     expected = evaluation.score_case(pred, truth, SPACING_STORED, labels.ACDC.names, "p1")
     got = json.loads(out.read_text())["summary"]["per_case"][0]
-    for metric in ("dice", "iou", "hd95", "assd"):
+    for metric in [m.name for m in METRICS]:
         for name in labels.ACDC.names:
             assert got[metric][name] == pytest.approx(expected[metric][name], rel=1e-12), (metric, name)
     for key in ("whole_heart_dice", "accuracy", "fg_accuracy", "mean_dice"):
@@ -117,7 +118,7 @@ def test_perturbed_prediction_equals_score_case_in_ras_with_mm_spacing(tmp_path,
     assert any(abs(swapped["assd"][n] - got["assd"][n]) > 1e-3 for n in labels.ACDC.names)
     # CSV: one row per case, same numbers as the JSON
     rows = list(csv.reader(out.with_suffix(".csv").open()))
-    header = ["case"] + [f"{n}_{m}" for n in ("RV", "MYO", "LV") for m in ("dice", "iou", "hd95", "assd")]
+    header = ["case"] + [f"{n}_{m.name}" for n in ("RV", "MYO", "LV") for m in METRICS]
     assert rows[0] == header + ["whole_heart_dice", "accuracy", "fg_accuracy", "mean_dice"]
     assert len(rows) == 2 and rows[1][0] == "p1"
     row = dict(zip(rows[0], rows[1]))

@@ -237,7 +237,7 @@ def api_runs(workspace):
     from heartjax import experiment
     from heartjax.data import cases
 
-    reads, load = {}, cases.nifti.load_volume
+    reads, load = {}, cases.images.load_volume
 
     def counting(image, label=None, scheme=None, case=None, **kw):
         reads[case] = reads.get(case, 0) + 1
@@ -245,7 +245,7 @@ def api_runs(workspace):
 
     cwd = os.getcwd()
     os.chdir(workspace)
-    cases.nifti.load_volume = counting
+    cases.images.load_volume = counting
     try:
         runs = {}
         for seed in (0, 1):
@@ -254,7 +254,7 @@ def api_runs(workspace):
             res = experiment.run(cfg, workdir=f"runs/bn{seed}", kinds=["2d"], log=lambda *a: None)
             runs[seed] = (res, workspace / f"runs/bn{seed}", dict(reads))
     finally:
-        cases.nifti.load_volume = load
+        cases.images.load_volume = load
         os.chdir(cwd)
     return runs
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from heartjax.eval import evaluate
 from heartjax.eval import scoring
-from heartjax.data.io import nifti
+from heartjax.data import labels
+from heartjax.data.io import images
 from heartjax.errors import HeartjaxError
 
 TOLERANCE = {"dice": 1e-4, "hd95": 1e-3, "assd": 1e-3}  # Dice absolute; HD95 and ASSD in mm
@@ -76,7 +77,7 @@ def crosscheck(pred_dir, truth_dir, scheme, limit: int | None = None) -> dict:
     pairs = [p for p in evaluate.pair_files(pred_dir, truth_dir) if p.error is None][:limit]
     if not pairs:
         raise HeartjaxError(f"no prediction in {pred_dir} pairs with a truth file in {truth_dir}")
-    scheme = nifti.resolve_scheme(scheme) if scheme else evaluate.infer_scheme([p.truth for p in pairs])
+    scheme = labels.resolve_scheme(scheme) if scheme else evaluate.infer_scheme([p.truth for p in pairs])
     names, k1 = scheme.names, scheme.num_classes
     figures = {m: {"compared": 0, "skipped": 0, "max_abs_diff": 0.0, "where": None, "convention_ok": True}
                for m in TOLERANCE}
@@ -84,8 +85,8 @@ def crosscheck(pred_dir, truth_dir, scheme, limit: int | None = None) -> dict:
     for pair in pairs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # header quirks (ACDC) are reported by heartjax.evaluate
-            truth, grid = nifti.load_label_file(pair.truth, scheme)
-            pred, _ = nifti.load_label_file(pair.pred, scheme, reference_grid=grid)
+            truth, grid = images.load_label_file(pair.truth, scheme)
+            pred, _ = images.load_label_file(pair.pred, scheme, reference_grid=grid)
         spacing = grid.ras_spacing
         t0 = time.perf_counter()
         ours = scoring.score_case(pred, truth, spacing, names, pair.case)

@@ -17,7 +17,7 @@ import numpy as np
 
 from heartjax import experiment
 from heartjax.data import cases
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.errors import HeartjaxError
 from heartjax.eval.figures import plot_case_montage
 from heartjax.paths import RunFolder
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
             mean = next(c["mean_dice"] for c in results["models"][kind]["per_case"] if c["case"] == case)
             label = f"{kind} (Dice {mean:.3f})"
             path = RunFolder(args.run_dir).predictions(kind) / f"{case}.nii.gz"
-            preds[label], _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
+            preds[label], _ = images.load_label_file(path, ds.scheme, reference_grid=vol.grid)
     except (HeartjaxError, StopIteration, OSError) as e:
         print(f"error: cannot draw case {case!r} of {args.run_dir}: {e}", file=sys.stderr)
         return 2

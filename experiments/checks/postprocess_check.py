@@ -21,7 +21,7 @@ import numpy as np
 
 from heartjax import config as config_lib
 from heartjax.data import cases
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data.io.quirks import Quirks
 from heartjax.errors import HeartjaxError
 from heartjax.eval import postprocess
@@ -42,7 +42,7 @@ def check(run_dir: Path, kind: str) -> dict:
         cid = path.name.removesuffix(".nii.gz")
         vol = store.volume(cid)
         with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included
-            pred, _ = nifti.load_label_file(path, ds.scheme, reference_grid=vol.grid)
+            pred, _ = images.load_label_file(path, ds.scheme, reference_grid=vol.grid)
         for r, fn in rules.items():
             scores[r].append(score_case(fn(pred), vol.label, vol.spacing, names, cid))
     store.report_quirks()

@@ -17,7 +17,7 @@ from heartjax import rng
 from heartjax.atomic import atomic_dir
 from heartjax.config import DataConfig, PlanConfig
 from heartjax.data import datasets, plan as plan_lib, preprocess
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data.io.quirks import Quirks
 from heartjax.data.phantom import write_phantom
 from heartjax.data.phantom.levels import VERSION
@@ -85,15 +85,15 @@ class CaseStore:
 
     def __init__(self, ds: datasets.Dataset):
         self.ds = ds
-        self._volumes: dict[str, nifti.Volume] = {}
+        self._volumes: dict[str, images.Volume] = {}
         self.reads = 0
         self.quirks = Quirks()  # header quirks of the files read, reported once per kind (`report_quirks`)
 
-    def volume(self, cid: str) -> nifti.Volume:
+    def volume(self, cid: str) -> images.Volume:
         if cid not in self._volumes:
             c = self.ds.case(cid)
             with self.quirks.capture(c.image):
-                self._volumes[cid] = nifti.load_volume(c.image, c.label, self.ds.scheme, case=c.case_id)
+                self._volumes[cid] = images.load_volume(c.image, c.label, self.ds.scheme, case=c.case_id)
             self.reads += 1
         return self._volumes[cid]
 

@@ -17,7 +17,7 @@ import numpy as np
 from heartjax import atomic
 from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data.io.dataset_meta import read_dataset_json, read_info_cfg
 from heartjax.data.io.filenames import natural_key
 from heartjax.errors import HeartjaxError
@@ -198,7 +198,7 @@ def _scheme_from_labels(cases: Sequence[Case]) -> labels_lib.LabelScheme:
     if all(re.fullmatch(r"patient\d+", c.case_id) for c in cases):
         return labels_lib.ACDC
     for case in cases:
-        codes = nifti.read_label_codes(case.label)
+        codes = images.read_label_codes(case.label)
         if np.any(codes):
             return labels_lib.scheme_from_codes(codes)
     raise HeartjaxError(f"all label files ({cases[0].label} ...) are empty; pass the label scheme (--scheme).")

@@ -36,7 +36,7 @@ class Fingerprint:
 
 
 def fingerprint(volumes: Sequence, modality: str, max_samples_per_case: int = 100_000, seed: int = 0) -> Fingerprint:
-    """Fingerprint training volumes (heartjax.data.io.nifti.Volume with labels) : spacings, shapes, foreground intensities.
+    """Fingerprint training volumes (heartjax.data.io.images.Volume with labels) : spacings, shapes, foreground intensities.
 
     Foreground intensities are sampled (at most `max_samples_per_case` voxels per case, deterministic by seed)
     from voxels with label > 0, as nnU-Net does for its CT normalisation statistics.

@@ -103,7 +103,7 @@ def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequenc
 
 
 def preprocess_volume(volume, plan: Plan, num_classes: int) -> Preprocessed:
-    """Crop, resample and normalise one heartjax.data.io.nifti.Volume (label optional)."""
+    """Crop, resample and normalise one heartjax.data.io.images.Volume (label optional)."""
     box = body_box(volume.image, plan.modality, volume.spacing, plan.crop_margin_mm)
     sl = tuple(slice(lo, hi) for lo, hi in box)
     image = volume.image[sl]

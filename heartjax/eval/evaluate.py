@@ -34,7 +34,7 @@ from heartjax import atomic
 from heartjax.data.io import cli_paths
 from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data.io.filenames import natural_key, pair_key
 from heartjax.errors import HeartjaxError
 from heartjax.eval import scoring
@@ -99,7 +99,7 @@ def infer_scheme(truth_files: Sequence[Path]) -> labels_lib.LabelScheme:
     """MM-WHS when the truth's non-zero codes are MM-WHS codes; otherwise a HeartjaxError asking for --scheme."""
     for path in truth_files:
         try:
-            present = labels_lib.present_codes(nifti.read_label_codes(path))
+            present = labels_lib.present_codes(images.read_label_codes(path))
         except HeartjaxError:
             continue  # unreadable: that case reports its own error; look at the next file
         if not present:
@@ -118,8 +118,8 @@ def infer_scheme(truth_files: Sequence[Path]) -> labels_lib.LabelScheme:
 
 def _score_pair(pair: Pair, scheme: labels_lib.LabelScheme) -> dict:
     """Load one pair (prediction on the truth's grid) and score it with scoring.score_case."""
-    truth, grid = nifti.load_label_file(pair.truth, scheme)
-    pred, _ = nifti.load_label_file(pair.pred, scheme, reference_grid=grid)
+    truth, grid = images.load_label_file(pair.truth, scheme)
+    pred, _ = images.load_label_file(pair.pred, scheme, reference_grid=grid)
     return scoring.score_case(pred, truth, grid.ras_spacing, scheme.names, pair.case)
 
 

@@ -27,7 +27,7 @@ from heartjax import atomic
 from heartjax import config as config_lib
 from heartjax.config import Config, presets
 from heartjax.data import cases as cases_lib
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
 from heartjax.eval import report
@@ -177,7 +177,7 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
         if p.exists():
             with warnings.catch_warnings():  # the scan's header quirks were reported when the dataset was read
                 warnings.simplefilter("ignore")
-                preds[kind], _ = nifti.load_label_file(p, prep.ds.scheme, reference_grid=vol.grid)
+                preds[kind], _ = images.load_label_file(p, prep.ds.scheme, reference_grid=vol.grid)
     if preds and vol.image is not None:
         plot_case_montage(vol.image, vol.label, preds, figs / f"montage_{case}.png", names, spacing=vol.spacing)
 

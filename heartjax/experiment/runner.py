@@ -17,7 +17,7 @@ import numpy as np
 from heartjax import config as config_lib
 from heartjax import rng
 from heartjax.config import Config
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data import preprocess
 from heartjax.eval import postprocess, scoring
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
@@ -151,7 +151,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         per_case_pp.append(scoring.score_case(postprocess.apply(labels, decision), vol.label, vol.spacing, names,
                                               cid))
         if cfg.infer.save_predictions and primary:
-            nifti.save_label(pred_dir / f"{cid}.nii.gz", labels, vol.grid, scheme, overwrite=True)
+            images.save_label(pred_dir / f"{cid}.nii.gz", labels, vol.grid, scheme, overwrite=True)
         if i == 0:
             axis = prep.plan.slice_axis
             mid = int(np.argmax((pre.label > 0).sum(axis=tuple(a for a in range(3) if a != axis))))

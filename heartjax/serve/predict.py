@@ -30,7 +30,7 @@ from heartjax import atomic
 from heartjax.data.io import cli_paths
 from heartjax.serve import scan_checks
 from heartjax.config import KINDS
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.data import preprocess
 from heartjax.data.io.filenames import case_id_from_path
 from heartjax.data.labels import LabelScheme
@@ -109,7 +109,7 @@ class Model:
                                 f"finish or --resume the run first")
         return max(scores, key=scores.get)
 
-    def probabilities(self, volume: nifti.Volume, tta: bool = False) -> tuple[np.ndarray, preprocess.Preprocessed]:
+    def probabilities(self, volume: images.Volume, tta: bool = False) -> tuple[np.ndarray, preprocess.Preprocessed]:
         """Class probabilities at the plan's spacing and the preprocessed case (for `restore`)."""
         pre = preprocess.preprocess_volume(volume, self.plan, self.scheme.num_classes)
         probs = self.spec.predict_volume(lambda x: self.predict(self.weights, x), pre.image, mirror=bool(tta))
@@ -136,7 +136,7 @@ class Ensemble:
         self.kind, self.scheme = self.models[0].kind, self.models[0].scheme
         self.postprocessing = self.models[0].postprocessing if len(self.models) == 1 else {}
 
-    def segment(self, volume: nifti.Volume, tta: bool = False):
+    def segment(self, volume: images.Volume, tta: bool = False):
         """Label indices [X, Y, Z] uint8 on the volume's RAS grid and the averaged probabilities [X, Y, Z, C]."""
         total = None
         for m in self.models:
@@ -149,7 +149,7 @@ class Ensemble:
 
 
 
-    def scan_warnings(self, volume: nifti.Volume) -> list[str]:
+    def scan_warnings(self, volume: images.Volume) -> list[str]:
         """`heartjax.serve.scan_checks` warnings of a scan for every fold's plan and patch (each text once)."""
         out: list[str] = []
         for m in self.models:
@@ -180,11 +180,11 @@ def planned_outputs(files: list[Path], out: Path, probabilities: bool, overwrite
     return targets
 
 
-def _load(path: Path) -> tuple[nifti.Volume, list[str]]:
+def _load(path: Path) -> tuple[images.Volume, list[str]]:
     """Load a scan, returning the loader's warnings (header quirks, misnamed compression) as texts."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        vol = nifti.load_volume(path)
+        vol = images.load_volume(path)
     return vol, list(dict.fromkeys(str(w.message) for w in caught))
 
 
@@ -201,10 +201,10 @@ def predict_case(model: Ensemble, path: Path, target: Path, args, log) -> dict:
         for text in entry["warnings"]:
             log.warn(path, text)
         labels, probs = model.segment(vol, args.tta)
-        nifti.save_label(target, labels, vol.grid, model.scheme, overwrite=args.overwrite)
+        images.save_label(target, labels, vol.grid, model.scheme, overwrite=args.overwrite)
         if args.probabilities:
             probs_path = args.out / probabilities_name(path)
-            nifti.save_array(probs_path, probs, vol.grid, overwrite=args.overwrite)
+            images.save_array(probs_path, probs, vol.grid, overwrite=args.overwrite)
             entry["probabilities"] = str(probs_path)
     except (HeartjaxError, OSError) as err:
         entry.update(status="error", error=str(err))

@@ -21,7 +21,7 @@ from typing import Sequence
 import nibabel
 import numpy as np
 
-from heartjax.data.io import nifti
+from heartjax.data.io import images
 from heartjax.errors import HeartjaxError
 from heartjax.serve.predict import Ensemble
 
@@ -67,13 +67,13 @@ class Segmenter:
             img.set_qform(aff, code=1)
             nibabel.save(img, str(path))
             try:
-                volume = nifti.load_volume(path)
+                volume = images.load_volume(path)
             except HeartjaxError as err:
                 raise HeartjaxError(str(err).replace(str(path), "the array")) from None
         for text in self.ensemble.scan_warnings(volume):
             warnings.warn(text, stacklevel=2)
         labels_ras, _ = self.ensemble.segment(volume, tta)
-        labels = nifti.from_ras(labels_ras, volume.grid)
+        labels = images.from_ras(labels_ras, volume.grid)
         return self.scheme.decode(labels) if codes else labels.astype(np.uint8)
 
 

@@ -1,4 +1,5 @@
-"""NIfTI load and save: RAS voxel order in memory, the original grid and header on disk.
+"""NIfTI load and save (the `FORMAT` of heartjax.data.io.images): RAS voxel order in memory, the original grid and
+header on disk.
 
 A scan is read into a `Volume` whose arrays are [X, Y, Z] in RAS voxel order, with `spacing` in mm in the same
 order. Its `Grid` remembers the on-disk shape, affine and header, so `save_label` / `save_array` write results
@@ -21,7 +22,8 @@ from nibabel.spatialimages import HeaderDataError
 from heartjax import atomic
 from heartjax.data import labels as labels_lib
 from heartjax.data.io import nifti_probe
-from heartjax.data.io.filenames import case_id_from_path, is_nifti_path
+from heartjax.data.io.filenames import NIFTI_EXTENSIONS, case_id_from_path, is_nifti_path
+from heartjax.data.io.formats import ImageFormat, Volume
 from heartjax.data.labels import resolve_scheme
 from heartjax.errors import HeartjaxError
 
@@ -69,29 +71,6 @@ class Grid:
     def ras_affine(self) -> np.ndarray:
         """4x4 voxel -> world (mm) affine of the RAS-ordered array (column norms equal `ras_spacing`)."""
         return self.disk_affine @ nibabel.orientations.inv_ornt_aff(self.ornt, self.shape)
-
-
-@dataclasses.dataclass(eq=False)
-class Volume:
-    """A loaded scan in RAS voxel order.
-
-    Attributes:
-      image: float32 [X, Y, Z].
-      label: uint8 [X, Y, Z] class indices 0..K on the same grid, or None.
-      spacing: voxel size in mm, RAS axis order.
-      affine: 4x4 voxel -> world (mm) of the RAS array, column norms equal to `spacing`.
-      grid: the on-disk grid, for writing results back.
-      source, label_source: file paths; case: case id.
-    """
-
-    image: np.ndarray
-    label: np.ndarray | None
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    grid: Grid
-    source: str
-    label_source: str | None
-    case: str
 
 
 def _load(path: Path, what: str) -> tuple[nibabel.Nifti1Image, np.ndarray]:
@@ -335,3 +314,7 @@ def save_array(path, array_ras: np.ndarray, grid: Grid, dtype=np.float32, overwr
     except HeartjaxError as err:
         raise HeartjaxError(f"output file {path}: {err}; nothing was written.") from err
     return _atomic_save(data, _output_header(grid, data.dtype), path, overwrite)
+
+
+FORMAT = ImageFormat("nifti", NIFTI_EXTENSIONS, Grid, load_volume, load_label_file, read_label_codes, save_label,
+                     save_array, to_ras, from_ras)
