@@ -3,6 +3,12 @@ runs end to end at the smoke preset with 2 seeds, is killed mid-run, resumed wit
 ends with the same ablation.json as an uninterrupted run; outputs, HParams events and refusals."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,12 +226,12 @@ def read_hparams(logdir):
 
 # ---- end to end at the smoke preset ----------------------------------------------------------------------------
 
+TINY_SOURCE = ("from heartjax.ablation import Study\nSTUDY = Study('tiny', 'two step budgets, 2D only', "
+               "kinds=('2d',), x='train.steps', variants={'steps4': ('train.steps=4',), "
+               "'steps6': ('train.steps=6',)}, seeds=2)\n")
 TINY = ablation.Study("tiny", "two step budgets, 2D only", kinds=("2d",), x="train.steps",
                       variants={"steps4": ("train.steps=4",), "steps6": ("train.steps=6",)}, seeds=2)
-
-
-class Killed(Exception):
-    pass
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -254,28 +260,36 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     assert [v["x"] for v in full["variants"].values()] == [4, 6]
     assert full["variants"]["steps6"]["steps"]["2d"] == 6
 
-    # killed while the third run scores its model (after training, checkpoints written)
-    seen, calls = [], []
-
-    def kill_third(msg, *a, **k):
-        seen.append(msg)
-        if len(calls) == 3 and "trained" in msg:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra, run_fn=counting(calls),
-                           run_log=kill_third)
+    # SIGKILL (the study in a subprocess) while the fourth run trains: its step-4 checkpoint written, 6 steps planned
+    study_file = root / "tiny_study.py"
+    study_file.write_text(TINY_SOURCE)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.ablate", str(study_file), "--preset", "smoke",
+                             "--seeds", "2", "--workdir", str(root / "b"), *extra], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = root / "b" / "tiny" / "steps6" / "seed1" / "checkpoints" / "2d" / "latest"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_dir() and any(p.name.startswith("step_") for p in latest.iterdir()):
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "the study finished before its last run could be killed"
     records = root / "b" / "tiny" / "records"
-    assert sorted(p.name for p in records.glob("*.json")) == ["steps4-seed0.json", "steps6-seed0.json"]
+    assert sorted(p.name for p in records.glob("*.json")) == ["steps4-seed0.json", "steps4-seed1.json",
+                                                              "steps6-seed0.json"]
+    assert not (root / "b" / "tiny" / "steps6" / "seed1" / "results.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
     with pytest.raises(HeartjaxError, match="--resume"):
         ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra)
     calls, seen = [], []
     resumed = ablation.run_study(TINY, "smoke", seeds=2, workdir=root / "b", extra=extra, run_fn=counting(calls),
                                  resume=True, log=lambda *a: None, run_log=seen.append)
-    assert calls == [("steps4", "seed1", True), ("steps6", "seed1", False)]  # no finished run redone
-    assert any("resuming from step 4" in m for m in seen)
-    assert {p.name: p.stat().st_mtime_ns for p in records.glob("steps*-seed0.json")} == mtimes
+    assert calls == [("steps6", "seed1", True)]  # only the killed run runs again, from its checkpoint
+    assert any("resuming from step" in m for m in seen)
+    assert {p.name: p.stat().st_mtime_ns for p in records.glob("*.json") if p.name in mtimes} == mtimes
     assert strip_timing(resumed) == strip_timing(full)
     on_disk = json.loads((root / "b" / "tiny" / "ablation.json").read_text())
     assert strip_timing(on_disk) == strip_timing(json.loads((root / "a" / "tiny" / "ablation.json").read_text()))
@@ -302,10 +316,6 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     assert one["variants"]["steps6"]["mean_dice"]["2d"]["n"] == 1 and one["complete"]
 
     # aggregation from the records alone (another machine; the study from its own file), and a stale record refused
-    study_file = root / "tiny_study.py"
-    study_file.write_text("from heartjax.ablation import Study\nSTUDY = Study('tiny', 'two step budgets, 2D only', "
-                          "kinds=('2d',), x='train.steps', variants={'steps4': ('train.steps=4',), "
-                          "'steps6': ('train.steps=6',)}, seeds=2)\n")
     assert ablate.cli([str(study_file), "--aggregate-only", "--records", str(records), "--workdir", str(root / "c"),
                        "--figure", str(root / "fig" / "tiny.png")]) == 0
     again = json.loads((root / "c" / "tiny" / "ablation.json").read_text())

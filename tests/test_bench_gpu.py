@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import bench_gpu
 from heartjax import experiment
@@ -19,7 +20,11 @@ def test_tiny_rows_on_the_cpu(tmp_path):
     assert set(rows) == {(f"train{k}_tiny", d) for k in ("3d", "2d") for d in ("bfloat16",)}
     for r in rows.values():
         assert r["step_ms"] > 0 and r["steps_per_s"] > 0 and r["voxels_per_s"] > 0 and r["model_gflop"] > 0
-        assert 0 < r["mfu"] < 10 and np.isfinite(r["loss"]) and r["peak_source"] == "measured matrix product"
+        # MFU is the model's FLOP rate over the peak: every figure of the row agrees with the others
+        assert r["tflops"] == pytest.approx(r["model_gflop"] * r["steps_per_s"] / 1e3, rel=1e-9)
+        assert r["mfu"] == pytest.approx(r["tflops"] / r["peak_tflops"], rel=1e-9) and r["mfu"] > 0
+        assert r["step_ms"] == pytest.approx(1e3 / r["steps_per_s"], rel=1e-9) and r["step_ms_min"] <= r["step_ms"]
+        assert np.isfinite(r["loss"]) and r["peak_source"] == "measured matrix product"
         assert r["devices"] == jax.device_count() and r["global_batch"] % r["devices"] == 0
     assert report["machine"]["backend"] == "cpu"
 

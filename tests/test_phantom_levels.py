@@ -10,6 +10,7 @@ from scipy import ndimage
 from heartjax.config import DataConfig
 from heartjax.data import phantom
 from heartjax.data.phantom import render as phantom_render
+from heartjax.data.phantom import shapes
 from heartjax.data.cases import phantom_folder
 from heartjax.data.labels import MMWHS
 from heartjax.data.phantom.levels import LEVELS, VERSION
@@ -87,13 +88,25 @@ def test_level1_cavities_hold_muscle_and_meet_their_atria_without_a_wall(level1)
         assert np.median(image[la_next_to_lv & blood]) > 250, seed
 
 
-def test_level1_great_vessel_labels_end_where_the_annotator_cuts(level1):
-    short = []
-    for seed, ((_, label, _), tissue) in level1.items():
-        lumen = np.isin(tissue, [tissue_index("blood_right")]) & (label == 0)
-        touching = lumen & ndimage.binary_dilation(label == code("PA"))
-        short.append(touching.sum())
-    assert min(short) > 0  # unlabelled contrast continues the trunk beyond the label's end
+def test_level1_great_vessel_labels_end_where_the_annotator_cuts(monkeypatch):
+    """The same patients with the annotator's cuts set to 0: the anatomy (tissue) is identical, and every voxel
+    the cut takes from the PA and AO labels is contrast-filled lumen (or its wall) left unlabelled."""
+    drawn = shapes.detail_params
+
+    def uncut(rng, level):
+        return {**drawn(rng, level), "pa_cut": 0.0, "ao_cut": 0.0}
+
+    for seed in range(3):
+        (_, label, _), tissue = phantom.generate_case(seed, "ct", COARSE), phantom.generate_tissues(seed, COARSE)[0]
+        with monkeypatch.context() as m:
+            m.setattr(shapes, "detail_params", uncut)
+            (_, whole, _), tissue0 = phantom.generate_case(seed, "ct", COARSE), phantom.generate_tissues(seed, COARSE)[0]
+        assert np.array_equal(tissue, tissue0), seed
+        for name, blood in (("PA", "blood_right"), ("AO", "blood_left")):
+            cut = (whole == code(name)) & (label != code(name))
+            assert cut.sum() > 0, (seed, name)  # the cut shortens the label
+            assert np.all(label[cut] == 0), (seed, name)
+            assert np.isin(tissue[cut], [tissue_index(blood), tissue_index("vessel_wall")]).all(), (seed, name)
 
 
 def test_level1_ct_intensities_vary_between_arterial_and_venous_phase(level1):
@@ -118,23 +131,42 @@ def test_thick_slices_average_and_shift():
     img = np.zeros((20, 20, 6), np.float32)
     label = np.zeros((20, 20, 6), np.uint8)
     img[5:10, 5:10, :3] = 3.0
+    img[5:10, 5:10, 3] = 6.0  # one of the second thick slice's three thin slices
     label[5:10, 5:10, 1] = 1
+    label[5:10, 5:10, 4] = 2
+    label[0:2, 0:2, 3] = 5  # off-centre thin slices never give the thick slice's label
     out_img, out_lab = phantom_render.thick_slices(img, label, 3, np.array([[0.0, 0.0], [2.0, 0.0]]))
     assert out_img.shape == out_lab.shape == (20, 20, 2)
-    np.testing.assert_allclose(out_img[5:10, 5:10, 0], 3.0)  # three thin slices of 3 -> 3
-    assert out_lab[:, :, 0].sum() == 25 and not out_lab[:, :, 1].any()  # label of the centre slice
+    np.testing.assert_allclose(out_img[5:10, 5:10, 0], 3.0)  # three thin slices of 3 -> 3, not shifted
+    assert out_lab[:, :, 0].sum() == 25 and np.array_equal(out_lab[5:10, 5:10, 0], np.ones((5, 5)))
+    # the second thick slice: the mean of 6, 0, 0 is 2, moved 2 voxels along x (the label by nearest neighbour)
+    np.testing.assert_allclose(out_img[7:12, 5:10, 1], 2.0, atol=1e-6)
+    assert not out_img[:7, :, 1].any() and not out_img[12:, :, 1].any()
+    assert np.array_equal(np.argwhere(out_lab[:, :, 1] == 2), np.argwhere(label[:, :, 4] == 2) + [2, 0])
+    assert not (out_lab == 5).any()
 
 
-def test_cine_mode_writes_thick_shifted_slices():
+def lv_centroids(label):
+    return {k: np.argwhere(label[:, :, k] == code("LV")).mean(0) for k in range(label.shape[2])
+            if (label[:, :, k] == code("LV")).sum() > 20}
+
+
+def test_cine_mode_writes_thick_shifted_slices(monkeypatch):
     image, label, affine = phantom.generate_case(2, "cine", (3.0, 3.0, 10.0))
     assert affine[2, 2] == pytest.approx(10.0)
     assert image.shape == label.shape and image.shape[2] == pytest.approx(160 / 10, abs=3)
     assert {0, *MMWHS.codes} == set(np.unique(label).tolist())
-    # slice-to-slice misalignment: LV centroids jump in-plane between neighbouring slices
-    cs = [np.argwhere(label[:, :, k] == code("LV")).mean(0) for k in range(image.shape[2])
-          if (label[:, :, k] == code("LV")).sum() > 20]
-    jumps = np.linalg.norm(np.diff(np.array(cs), axis=0), axis=1) * 3.0
-    assert len(cs) >= 4 and jumps.max() > 1.5
+    # the same patient with the breath-hold shifts switched off (the random stream is unchanged)
+    unshifted = phantom_render.thick_slices
+    monkeypatch.setattr(phantom_render, "thick_slices", lambda img, lab, sub, shifts: unshifted(img, lab, sub, shifts * 0))
+    still = phantom.generate_case(2, "cine", (3.0, 3.0, 10.0))[1]
+    moved, fixed = lv_centroids(label), lv_centroids(still)
+    common = sorted(set(moved) & set(fixed))
+    offsets_mm = np.array([np.linalg.norm(moved[k] - fixed[k]) * 3.0 for k in common])
+    assert len(common) >= 4
+    assert offsets_mm.max() > 1.5  # the shifts move the slices in-plane ...
+    assert offsets_mm.max() < 5.0 * np.sqrt(2) + 3.0  # ... by at most 5 mm per axis (plus a voxel of rounding)
+    assert len({tuple(np.round(moved[k] - fixed[k], 1)) for k in common}) > 1  # each slice by its own offset
 
 
 def test_levels_are_ordered_in_difficulty():
