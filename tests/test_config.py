@@ -165,3 +165,30 @@ def test_named_streams_are_stable_and_distinct():
     assert rng.seed_for(0, "split") != rng.seed_for(1, "split")
     k = lambda s, n: tuple(__import__("jax").random.key_data(rng.key(s, n)).tolist())
     assert k(0, "init/2d") != k(0, "init/3d") and k(0, "init/2d") != k(1, "init/2d") and k(0, "a") == k(0, "a")
+
+
+def test_model_fields_are_written_once():
+    """Each kind's section has exactly the shared model section's fields (derived from it), and each of them is a
+    field of the network's UNetConfig, which the spec builds from them."""
+    from heartjax.model.unet import UNetConfig
+
+    shared = [f.name for f in dataclasses.fields(config_lib.ModelConfig)]
+    assert [f.name for f in dataclasses.fields(config_lib.KindModelConfig)] == shared
+    assert [f.name for f in dataclasses.fields(config_lib.Model25dConfig)] == shared + ["slices"]
+    assert set(shared) <= {f.name for f in dataclasses.fields(UNetConfig)}
+    assert all(getattr(config_lib.KindModelConfig(), n) is None for n in shared)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model_2d.norm=bogus", "config setting model_2d.norm='bogus' is invalid: must be one of ['batch', 'instance', "
+                            "'group', 'none']"),
+    ("model.dropout=1.5", "config setting model.dropout=1.5 is invalid: must be in [0, 1)"),
+    ("model_3d.conv_impl=cuda", "config setting model_3d.conv_impl='cuda' is invalid: must be one of ['auto', 'xla', "
+                                "'planes']"),
+    ("model.max_features=2", "config setting model.max_features=2 is invalid: must be an integer >= features"),
+])
+def test_model_errors_name_key_value_and_what_is_allowed(override, message):
+    cfg = config_lib.apply_overrides(config_lib.Config(), [override])
+    with pytest.raises(HeartjaxError) as err:
+        config_lib.validate(cfg)
+    assert str(err.value) == message

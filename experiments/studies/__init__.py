@@ -15,7 +15,7 @@ from heartjax.errors import HeartjaxError
 
 NAMES = ("budget", "patients", "predecessor", "augmentation", "norm", "loss", "transfer")
 
-# heartjax.model.augment_config.AugmentConfig's application probabilities, by what the transform changes.
+# heartjax.config.augment.AugmentConfig's application probabilities, by what the transform changes.
 SPATIAL_P = ("rotation_p", "scale_p", "elastic_p", "mirror_p")
 INTENSITY_P = ("noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p", "gamma_inverted_p", "gamma_p")
 

@@ -1,4 +1,4 @@
-"""A study's outputs from its ablation dict (heartjax.ablation_stats.aggregate) and run records.
+"""A study's outputs from its ablation dict (heartjax.ablation.stats.aggregate) and run records.
 
 WORKDIR/STUDY/ablation.json (the dict), ablation.md (tables), ablation.png (Dice per variant with the seed
 spread, or a curve per kind over the study's x axis), and hparams/ (one TensorBoard session per run and kind, whose

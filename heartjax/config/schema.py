@@ -3,7 +3,7 @@
 Sections hold the pieces' own dataclasses where a piece has one (`optim`: OptimConfig, `loss`: LossConfig,
 `augment`: AugmentConfig), so nothing converts them. The U-Net of each model kind is the shared `model`
 section with the kind's own section on top (`model_2d`, `model_25d`, `model_3d`: a field left at None takes the
-shared value); `heartjax.specs` turns them into a `UNetConfig`. Presets live in `heartjax.config.presets`.
+shared value); `heartjax.experiment.specs` turns them into a `UNetConfig`. Presets live in `heartjax.config.presets`.
 
 `heartjax.config.overrides` sets values by dotted key; `heartjax.config.validation` checks every value.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from heartjax.config.augment import AugmentConfig
 from heartjax.config.options import LossConfig, OptimConfig
 
-KINDS = ("2d", "2.5d", "3d")  # every model kind heartjax.specs can build
+KINDS = ("2d", "2.5d", "3d")  # every model kind heartjax.experiment.specs can build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,20 +68,13 @@ class ModelConfig:
     conv_impl: str = "auto"
 
 
-@dataclasses.dataclass(frozen=True)
-class KindModelConfig:
-    """One kind's U-Net settings on top of `model`; None takes the shared value."""
-
-    features: int | None = None
-    max_features: int | None = None
-    growth: int | None = None
-    norm: str | None = None
-    dropout: float | None = None
-    upsample: str | None = None
-    activation: str | None = None
-    deep_supervision: bool | None = None
-    dtype: str | None = None
-    conv_impl: str | None = None
+# One kind's U-Net settings on top of `model`: ModelConfig's fields again, each None by default (take the shared
+# value), derived from ModelConfig so the model fields are written once.
+KindModelConfig = dataclasses.make_dataclass(
+    "KindModelConfig", [(f.name, f"{f.type} | None", dataclasses.field(default=None))
+                        for f in dataclasses.fields(ModelConfig)],
+    frozen=True, namespace={"__module__": __name__,
+                            "__doc__": "One kind's U-Net settings on top of `model`; None takes the shared value."})
 
 
 @dataclasses.dataclass(frozen=True)
