@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from heartjax import atomic
-from heartjax.ablation.stats import nanmean, run_mean_dice
+from heartjax.ablation.stats import nanmean, pair_key, run_mean_dice
 from heartjax.eval.scoring import fmt
 from heartjax.train.tensorboard import SummaryWriter
 
@@ -83,8 +83,9 @@ def _sections(a: Mapping, variants: Mapping, crossings: Mapping | None, tag: str
     if len(a["kinds"]) > 1:
         lines += ["", f"## Kinds compared{tag} (same variant, same patients and seeds)", "",
                   "| variant | comparison | diff | Wilcoxon p | patients × seeds |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {c.replace('_minus_', ' minus ')} | {_test(t)} |"
-                  for name, v in variants.items() for c, t in v["vs_kind"].items()]
+        k0 = a["kinds"][0]
+        lines += [f"| {name} | {k} minus {k0} | {_test(v['vs_kind'][pair_key(k, k0)])} |"
+                  for name, v in variants.items() for k in a["kinds"][1:] if pair_key(k, k0) in v["vs_kind"]]
     lines += _crossing_lines(a, crossings or {}, tag)
     for kind in a["kinds"]:
         lines += ["", f"## {kind}{tag}: Dice (mean ± sd over seeds) and HD95 mm (mean) per structure", "",
@@ -109,8 +110,11 @@ def _signed(x) -> str:
 def _crossing_lines(a: Mapping, crossings: Mapping, tag: str = "") -> list[str]:
     """"Where the curves cross": per kind pair, the paired difference at each x, and at equal training minutes."""
     lines = []
-    for name, c in crossings.items():
-        b, k0 = name.split("_minus_")
+    k0 = a["kinds"][0]
+    for b in a["kinds"][1:]:
+        c = crossings.get(pair_key(b, k0))
+        if c is None:
+            continue
         diffs = ", ".join(f"{_signed(r['diff'])} (p {_p(r['p'])}) at {_at(r['x'])}" for r in c["by_x"])
         verdict = (f"{c['leader']} ahead at every {a['x']}" if c["leader"] else
                    "the curves cross at " + " and ".join(f"≈ {_at(x)}" for x in c["cross_x"]) if c["cross_x"] else

@@ -128,6 +128,11 @@ def _curve(variants: Mapping, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64)
 
 
+def pair_key(kind: str, base: str) -> str:
+    """The key of `kind` compared with `base` in a study's dicts ("3d_minus_2d"); built, never parsed."""
+    return f"{kind}_minus_{base}"
+
+
 def crossings(variants: Mapping, kinds: Sequence[str], x_key: str | None, step_secs: Mapping) -> dict:
     """Where each kind's curve crosses the first kind's: {"B_minus_A": {by_x, leader, cross_x, by_minutes}}.
 
@@ -139,7 +144,7 @@ def crossings(variants: Mapping, kinds: Sequence[str], x_key: str | None, step_s
     """
     out = {}
     for b in kinds[1:]:
-        a, name = kinds[0], f"{b}_minus_{kinds[0]}"
+        a, name = kinds[0], pair_key(b, kinds[0])
         rows = sorted((v["x"], v["vs_kind"].get(name)) for v in variants.values()
                       if isinstance(v["x"], (int, float)) and not isinstance(v["x"], bool) and v["x"] > 0
                       and v["vs_kind"].get(name))
@@ -181,7 +186,7 @@ def _variant(study, name: str, recs: dict[int, Mapping], ref: dict[int, Mapping]
         block["steps"][kind] = nanmean([r["steps"].get(kind) for r in ordered])
         block["train_seconds"][kind] = nanmean([r["train_seconds"].get(kind) for r in ordered])
         if kind != kinds[0]:
-            block["vs_kind"][f"{kind}_minus_{kinds[0]}"] = paired(recs, recs, kinds[0], kind)
+            block["vs_kind"][pair_key(kind, kinds[0])] = paired(recs, recs, kinds[0], kind)
     return block
 
 

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 from heartjax import experiment
 from heartjax.config import Config
+from heartjax.config.presets import DEFAULT_KINDS
 from heartjax.errors import HeartjaxError
 
 
@@ -43,7 +44,7 @@ class Study:
     description: str
     variants: Mapping[str, Sequence[str]]
     baseline: Sequence[str] = ()
-    kinds: Sequence[str] = ("2d", "3d")
+    kinds: Sequence[str] = DEFAULT_KINDS
     reference: str | None = None
     compare: Mapping[str, str] = dataclasses.field(default_factory=dict)
     x: str | None = None

@@ -8,6 +8,13 @@
 
 from __future__ import annotations
 
+# The model kinds, named here and in heartjax.experiment.specs only (which builds each one); library code iterates
+# over these names and never parses them.
+KINDS = ("2d", "2.5d", "3d")
+DEFAULT_KINDS = ("2d", "3d")  # what train.models and a study train unless told otherwise
+BASELINE = "2d"  # every other kind is compared with it, patient by patient
+COMPARED_FIRST = "3d"  # results.json also keeps its comparison as comparison_3d_minus_2d, as the first results did
+
 PRESETS: dict[str, dict] = {
     "smoke": {
         "data": {"phantom_cases": 5, "phantom_spacing": [4.0, 4.0, 4.0], "phantom_dir": "data/phantom-smoke",

@@ -15,8 +15,8 @@ from typing import Any
 
 from heartjax.config.augment import AugmentConfig
 from heartjax.config.options import LossConfig, OptimConfig
+from heartjax.config.presets import DEFAULT_KINDS, KINDS  # noqa: F401 (KINDS: part of the schema's API)
 
-KINDS = ("2d", "2.5d", "3d")  # every model kind heartjax.experiment.specs can build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +89,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    models: tuple[str, ...] = ("2d", "3d")
+    models: tuple[str, ...] = DEFAULT_KINDS
     steps: int = 900                 # the same number of optimiser steps for every model
     max_seconds: float | None = None  # a wall-time budget per model instead (re-planned at log points)
     log_every: int = 25

@@ -58,8 +58,9 @@ def _rules(cfg: Config):
         "must be an odd positive integer (the centre slice and as many on each side)"
     yield "sampling.fg_fraction", _num(cfg.sampling.fg_fraction) and 0 <= cfg.sampling.fg_fraction <= 1, \
         "must be in [0, 1]"
-    yield "train.models", isinstance(t.models, tuple) and len(t.models) > 0 and set(t.models) <= set(KINDS) \
-        and len(set(t.models)) == len(t.models), f"must be a non-empty list of distinct kinds from {list(KINDS)}"
+    yield "train.models", isinstance(t.models, tuple) and len(t.models) > 0 \
+        and all(isinstance(k, str) for k in t.models) and len(set(t.models)) == len(t.models), \
+        f"must be a non-empty list of distinct model kinds (built in: {list(KINDS)}; registered ones too)"
     for k in ("steps", "log_every", "eval_every", "val_patches"):
         yield f"train.{k}", _int(getattr(t, k), 1), "must be a positive integer"
     yield "train.max_seconds", t.max_seconds is None or (_num(t.max_seconds) and t.max_seconds > 0), \

@@ -16,6 +16,8 @@ import jax
 from heartjax import atomic
 from heartjax.paths import RunFolder
 from heartjax.eval.references import REFERENCES
+from heartjax.config.presets import BASELINE
+from heartjax.eval.results import comparison_key
 from heartjax.eval.scoring import fmt, structure_table
 
 TIE = 5e-4  # |difference| of mean Dice below this is reported as a tie
@@ -33,15 +35,15 @@ def significant(comparison: Mapping | None) -> bool:
 
 
 def comparisons(results: Mapping) -> dict[str, dict]:
-    """{kind: per-structure comparison with the 2D baseline} from a results dict."""
+    """{kind: per-structure comparison with the baseline kind} from a results dict (each kind's key is built, never
+    parsed; results.json files of before `comparisons` hold one `comparison_<key>`)."""
     comps = results.get("comparisons") or {}
-    if not comps and results.get("comparison_3d_minus_2d"):
-        comps = {"3d_minus_2d": results["comparison_3d_minus_2d"]}
-    kinds = {k.replace(".", ""): k for k in results["models"]}
-    return {kinds.get(key.split("_minus_")[0], key): c for key, c in comps.items()}
+    found = {k: comps.get(comparison_key(k)) or results.get(f"comparison_{comparison_key(k)}")
+             for k in results["models"] if k != BASELINE}
+    return {k: c for k, c in found.items() if c}
 
 
-def verdict(diff: float | None, comp: Mapping | None, kind: str, base: str = "2d") -> str:
+def verdict(diff: float | None, comp: Mapping | None, kind: str, base: str = BASELINE) -> str:
     """"tie", "3D by 0.012 (p 0.002)" or "2D by 0.050 (n.s., p 0.300)"."""
     if diff is None:
         return "–"
@@ -181,7 +183,7 @@ def summarize(results: Mapping, workdir: Path, log: Callable = print) -> None:
         vals = {k: models[k]["per_structure"][n]["dice_mean"] for k in models}
         verdicts = []
         for k in comps:
-            diff = None if None in (vals[k], vals.get("2d")) else vals[k] - vals["2d"]
+            diff = None if None in (vals[k], vals.get(BASELINE)) else vals[k] - vals[BASELINE]
             verdicts.append(verdict(diff, comps[k].get(n), k))
         log(f"  {n:9} " + " ".join(f"{fmt(v):>8}" for v in vals.values()) + ("   " + "; ".join(verdicts) if verdicts else ""))
     log("  mean      " + " ".join(f"{fmt(models[k]['mean_dice']):>8}" for k in models))

@@ -11,11 +11,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from heartjax.config.presets import BASELINE, COMPARED_FIRST
 from heartjax.eval.metric_table import summary_keys
 from heartjax.eval.metrics import paired_test
 from heartjax.eval.scoring import json_safe
 
-BASELINE = "2d"  # every other kind is compared with it, patient by patient
 
 
 # One structure's summary over the test patients: a field per metric of the table and aggregation ("dice_mean",
@@ -80,7 +80,7 @@ class Results:
         out = {"dataset": self.dataset, "layout": self.layout, "label_names": self.label_names,
                "split": self.split, "test_cases": self.test_cases, "seed": self.seed, "data_seed": self.data_seed,
                "models": {k: m.to_json() for k, m in self.models.items()}, "comparisons": self.comparisons,
-               "comparison_3d_minus_2d": self.comparisons.get("3d_minus_2d", {})}
+               f"comparison_{comparison_key(COMPARED_FIRST)}": self.comparisons.get(comparison_key(COMPARED_FIRST), {})}
         if self.cross_validation:
             out["cross_validation"] = self.cross_validation
         return out
@@ -104,6 +104,11 @@ def compare(models: Mapping[str, ModelResult], names: Sequence[str]) -> dict[str
     if BASELINE not in models:
         return {}
     base = models[BASELINE]
-    return {f"{k.replace('.', '')}_minus_{BASELINE}": {n: json_safe(paired_test(_per_case(base, n), _per_case(m, n)))
-                                                     for n in [*names, "whole_heart"]}
+    return {comparison_key(k): {n: json_safe(paired_test(_per_case(base, n), _per_case(m, n)))
+                                for n in [*names, "whole_heart"]}
             for k, m in models.items() if k != BASELINE}
+
+
+def comparison_key(kind: str) -> str:
+    """The key of a kind's comparison with the baseline in results.json ("3d" -> "3d_minus_2d")."""
+    return f"{kind.replace('.', '')}_minus_{BASELINE}"

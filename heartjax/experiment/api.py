@@ -47,7 +47,7 @@ def config(preset: str = "default", data: str | None = None, overrides: Sequence
     cfg = config_lib.apply_tree(Config(), presets.PRESETS[preset])
     if data is not None:
         cfg = config_lib.override(cfg, "data.dir", str(data))
-    return config_lib.validate(config_lib.apply_overrides(cfg, overrides))
+    return specs.check_kinds(config_lib.validate(config_lib.apply_overrides(cfg, overrides)))
 
 
 def _primary() -> bool:
@@ -83,7 +83,7 @@ def load_config(workdir: Path) -> Config:
         data = json.loads(RunFolder(workdir).config.read_text())
     except (OSError, ValueError) as e:
         raise HeartjaxError(f"cannot read {RunFolder(workdir).config} ({e}); is this a heartjax run folder?") from None
-    return config_lib.from_dict(data)
+    return specs.check_kinds(config_lib.from_dict(data))
 
 
 @dataclasses.dataclass
@@ -244,7 +244,7 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
     else:
         if kinds is not None:
             cfg = config_lib.override(cfg, "train.models", tuple(kinds))
-        config_lib.validate(cfg)
+        specs.check_kinds(config_lib.validate(cfg))
         if _primary():
             atomic.write_json(RunFolder(workdir).config, config_lib.to_dict(cfg))
     kinds = cfg.train.models
