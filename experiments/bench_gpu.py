@@ -212,6 +212,10 @@ def time_row(kind, dtype, args) -> dict:
         if name.startswith("torch"):
             r[f"ratio_{name}"] = med["jax"] / sec  # > 1: JAX is slower
     r["tflops"], r["mfu"] = r["jax_tflops"], r["jax_mfu"]
+    if args.profile:  # three JAX steps under the profiler, for TensorBoard's profile plugin or xprof
+        with jax.profiler.trace(os.path.join(args.profile, f"train{kind}_{dtype}")):
+            for _ in range(3):
+                jax.block_until_ready(side.run())
     if args.hlo:
         os.makedirs(args.hlo, exist_ok=True)
         with open(os.path.join(args.hlo, f"train{kind}_{dtype}.hlo.txt"), "w") as f:
@@ -248,6 +252,7 @@ def parse_args(argv):
     p.add_argument("--json", default=None, metavar="FILE", help="write the rows and the machine record here "
                    "(rewritten after every row)")
     p.add_argument("--hlo", default=None, metavar="DIR", help="write each row's compiled, optimised HLO here")
+    p.add_argument("--profile", default=None, metavar="DIR", help="trace three JAX steps of each row into DIR/ROW")
     p.add_argument("--export-stablehlo", default=None, metavar="DIR",
                    help="write each row's train step as StableHLO text for --platform and exit (no timing)")
     p.add_argument("--platform", choices=PLATFORMS, default=None,
