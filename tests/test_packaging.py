@@ -41,6 +41,9 @@ def test_project_metadata():
     assert project["requires-python"] == ">=3.11"
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert PYPROJECT["build-system"]["build-backend"] == "setuptools.build_meta"
+    import heartjax
+
+    assert heartjax.__version__ == project["version"]  # one version, stated in both places
 
 
 def test_dependencies_are_the_direct_runtime_pins_of_requirements_txt():
