@@ -21,11 +21,6 @@ from heartjax.model.unet import UNetConfig
 from heartjax.train.step import create_train_state
 
 
-def graphdef_of(model_cfg: UNetConfig, tx):
-    """The graphdef `create_train_state` gives for `model_cfg` (traced only; no parameters are drawn)."""
-    return jax.eval_shape(functools.partial(create_train_state, model_cfg, tx, 0, 1))[0]
-
-
 def init_train_state(model_cfg: UNetConfig, tx, seed: int, total_steps: int = 1000):
     """`create_train_state`'s (graphdef, state) with the parameters drawn on the host (He-normal kernels, unit
     scales, zero biases): eager initialisation compiles one small random program per kernel shape, which took
@@ -115,19 +110,6 @@ def machine_info(conv_impl: str) -> dict:
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "device_count": jax.device_count(), "conv_impl": conv_impl, "conv_impl_resolved": resolved,
             "xla_flags": os.environ.get("XLA_FLAGS"), "loadavg_start": loadavg()}
-
-
-def model_flops(build) -> float:
-    """The network's own FLOPs (as in model FLOP utilisation): XLA's cost analysis of the lowered function
-    that `build(conv_impl)` returns as (jitted, args), called with "xla": every convolution traced as ONE
-    lax.conv_general_dilated.
-
-    The CPU formulation executes more (the zero planes of the strided convs' X-phase split, the 2D strided
-    input gradients' space-to-depth); the executed count is reported as `gflop_executed`, rates use the
-    model count.
-    """
-    fn, args = build("xla")
-    return flops_of(fn.lower(*args))
 
 
 def fmt_ms(s) -> str:

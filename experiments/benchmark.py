@@ -8,9 +8,9 @@ Every row is timed after compilation and one warm-up call, `--repeats` times, ea
 block_until_ready; the table shows the median and the spread (min-max). Train rows time the jitted step
 WITHOUT augmentation (`jax_s`: the work PyTorch does too; its loaders augment on the host), and additionally
 the step with the on-device augmentation and the jitted augment_batch alone on the same batch. FLOPs per call
-are the network's own (model FLOPs): XLA's cost analysis of the same function traced with every convolution as
-one lax.conv_general_dilated (`gflop`; what the CPU formulation executes, ~5 % more in 3D, is
-`gflop_executed`); GFLOP/s and the share of the machine's float32 matmul peak (a 4096^2 jnp.dot, measured
+are the network's own (model FLOPs): counted from its convolutions by heartjax.model.flops (`gflop`, the same
+on every backend; what the CPU formulation executes, ~5 % more in 3D, is XLA's cost analysis of the compiled
+step, `gflop_executed`); GFLOP/s and the share of the machine's float32 matmul peak (a 4096^2 jnp.dot, measured
 before and after the rows; the better median) follow from them. With
 --compare-torch the same network (experiments/torch_unet.py, parameter tensors asserted equal) is timed in the
 same run, alternating JAX and PyTorch calls, and `ratio` = jax_s / torch_s (> 1: JAX is slower). The torch
@@ -44,14 +44,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_common import (compile_all, fmt_ms, format_table, graphdef_of, init_train_state, loadavg,
-                                      machine_info, matmul_peak, model_flops, timed)
+from experiments.bench_common import (compile_all, fmt_ms, format_table, init_train_state, loadavg,
+                                      machine_info, matmul_peak, timed)
 from heartjax import config as config_lib
 from heartjax import experiment
 from heartjax.atomic import write_json
 from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
 from heartjax.errors import HeartjaxError
 from heartjax.train.step import LossConfig, OptimConfig, make_optimizer, make_predict_fn, make_train_step
+from heartjax.model.flops import unet_flops
 from heartjax.model.unet import UNetConfig, count_params
 
 TORCH_HINT = ("--compare-torch needs PyTorch, which heartjax itself does not use. Install the pinned CPU build "
@@ -159,13 +160,7 @@ class JaxRow:
                     "augment": (jax.jit(functools.partial(augment_batch, augment_fn)),
                                 (self.key, self.images, labels32))}
 
-        def build(impl):  # the same network and state with another conv implementation
-            g = graphdef_of(dataclasses.replace(row.model, conv_impl=impl), tx)
-            if row.mode == "forward":
-                return make_predict_fn(g), (self.state, self.images)
-            return make_train_step(g, tx, None, row.loss, row.optim), (self.state, batch, self.key)
-
-        self.model_flops = model_flops(build)
+        self.model_flops = unet_flops(row.model, row.batch, row.patch, train=row.mode == "train")
         done = compile_all(jobs, parallel)
         fns = {name: c[0] for name, c in done.items()}
         self.compile_s, self.flops = {name: c[1] for name, c in done.items()}, done["main"][2]

@@ -1,3 +1,3 @@
 """heartjax: whole-heart segmentation from CT and MRI with JAX and Flax."""
 
-__version__ = "0.1.0"
+__version__ = "0.5.0"

@@ -127,18 +127,19 @@ def test_model_flops_count_the_network_not_its_formulation():
     import jax.numpy as jnp
 
     from heartjax import conv as conv_lib
+    from heartjax.model.flops import conv_macs
 
-    x, w = jnp.ones((1, 8, 8, 8, 4)), jnp.ones((3, 3, 3, 4, 6))
-    build = lambda impl: (jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl=impl)), (x, w))
     # stride 2, SAME: 4 outputs per axis reading taps 2o + t (t < 3) of 8 voxels; 11 of the 12 (output, tap)
     # pairs per axis are inside the image (XLA counts no padding taps): 2 * C_out * C_in * 11^3
     analytic = 2 * 6 * 4 * 11**3
-    assert benchmark.model_flops(build) == pytest.approx(analytic, rel=0.02)
+    assert 2 * conv_macs((8, 8, 8), (3, 3, 3), (2, 2, 2), 4, 6, 1)[0] == analytic
+    x, w = jnp.ones((1, 8, 8, 8, 4)), jnp.ones((3, 3, 3, 4, 6))
+    xla = bench_common.flops_of(jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl="xla")).lower(x, w))
+    assert xla == analytic
     executed = bench_common.flops_of(jax.jit(lambda a, b: conv_lib.conv(a, b, strides=2, impl="planes")).lower(x, w))
-    if conv_lib.resolve_impl("auto", 3) == "planes":
-        # The X-phase split also convolves the zero planes padded in X (15 plane-taps per output row of 4 against
-        # the 11 inside the image): the executed count differs, the model count does not.
-        assert executed == pytest.approx(analytic * 15 / 11, rel=0.03)
+    # The X-phase split also convolves the zero planes padded in X (15 plane-taps per output row of 4 against
+    # the 11 inside the image): the executed count differs, the model count does not.
+    assert executed == pytest.approx(analytic * 15 / 11, rel=0.03)
 
 
 def test_compare_torch_without_torch_exits_2(monkeypatch, capsys):
@@ -165,21 +166,14 @@ def test_conv_impl_travels_with_every_row_model():
         benchmark.make_rows(["ref"], conv_impl="nonsense")[0].model.validate()
 
 
-def test_model_flops_trace_the_network_with_xla_convolutions():
-    row = benchmark.make_rows(["ref"], quick=True)[1]  # forward3d_ref
-    tx = benchmark.make_optimizer(row.optim)
-    _, state = benchmark.init_train_state(row.model, tx, 0)
-    images = np.zeros((row.batch, *row.patch, 1), np.float32)
-    seen = []
+def test_rows_rate_the_network_flops():
+    from heartjax.model.flops import unet_flops
 
-    def build(impl):
-        seen.append(impl)
-        graphdef = benchmark.graphdef_of(dataclasses.replace(row.model, conv_impl=impl), tx)
-        predict = benchmark.make_predict_fn(graphdef)
-        assert "[b, 0, 1, 2, f]x[0, 1, 2, i, o]" in predict.lower(state, images).as_text()  # 3D convolutions
-        return predict, (state, images)
-
-    assert benchmark.model_flops(build) > 0 and seen == ["xla"]
+    rows = {r.name: r for r in benchmark.make_rows(["ref"], quick=True)}
+    out = benchmark.run_row(rows["forward3d_ref"], 1, None)
+    r = rows["forward3d_ref"]
+    assert out["gflop"] * 1e9 == pytest.approx(unet_flops(r.model, r.batch, r.patch, train=False))
+    assert out["gflop_executed"] > 0 and out["jax_gflops"] == pytest.approx(out["gflop"] / out["jax_s"])
 
 
 def test_bad_sizes_is_a_usage_error():

@@ -1,8 +1,10 @@
 """Connected-component post-processing on hand-built label maps, and the per-structure rule that decides on it."""
 
+import itertools
 import json
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from heartjax.eval.postprocess import apply, decide, keep_largest_component, keep_main_component
@@ -187,3 +189,147 @@ def test_decide_skips_a_structure_absent_everywhere():
     assert result["dice_before"]["C"] is None and result["dice_after"]["C"] is None
     assert result["dice_before"]["A"] == pytest.approx(16 / 17, abs=1e-12)
     assert result["per_structure"]["A"] is True and result["per_structure"]["C"] is False
+
+
+# ---- keep_main_component decides jointly: a false second "heart" cannot take a structure ----
+
+RV, MYO, LV = 1, 2, 3  # the ACDC labels
+
+
+def two_hearts(false_myo_size):
+    """A true heart (RV, MYO, LV: 4^3 cubes, each touching the LV) far from a partial false one in the corner the
+    scan reaches first (MYO false_myo_size^3, LV 6^3, no RV) whose LV is larger than the true LV and whose voxels
+    outnumber the true heart's. Returns (labels, the true heart alone)."""
+    true = np.zeros((40, 40, 40), np.uint8)
+    cube(true, (20, 24, 24), 4, RV)
+    cube(true, (24, 24, 24), 4, LV)
+    cube(true, (28, 24, 24), 4, MYO)
+    labels = cube(true.copy(), (1, 1, 1), false_myo_size, MYO)
+    cube(labels, (1 + false_myo_size, 1, 1), 6, LV)
+    assert (labels != 0).sum() - (true != 0).sum() > (true != 0).sum()  # the false heart is the bigger one
+    return labels, true
+
+
+@pytest.mark.parametrize("false_myo_size", [4, 5], ids=["myo_same_size", "myo_larger"])
+def test_two_hearts_the_true_one_is_kept_for_every_structure(false_myo_size):
+    labels, true = two_hearts(false_myo_size)
+    np.testing.assert_array_equal(keep_main_component(labels), true)
+    np.testing.assert_array_equal(apply(labels, {"classes": [RV, MYO, LV]}), true)
+    np.testing.assert_array_equal(keep_main_component(labels, [MYO]), np.where(labels == MYO, true, labels))
+    assert (keep_largest_component(labels) == LV)[1 + false_myo_size, 1, 1]  # the plain rule keeps the false LV
+    plane = labels[:, :, 26]  # the same in 2D (8-connectivity)
+    np.testing.assert_array_equal(keep_main_component(plane), true[:, :, 26])
+
+
+def test_heart_region_tie_breaks_structures_anchors_voxels_then_scan_order():
+    def partial(labels, corner, myo=3, lv=3, lv_label=LV):
+        cube(labels, corner, myo, MYO)
+        return cube(labels, (corner[0] + myo, corner[1], corner[2]), lv, lv_label)
+
+    # equal structures, anchors and voxels: the region first in scan order
+    labels = partial(partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1)), (14, 14, 14))
+    out = keep_main_component(labels)
+    np.testing.assert_array_equal(out, partial(np.zeros_like(labels), (1, 1, 1)))
+    flipped = labels[::-1, ::-1, ::-1]  # the other region now comes first and is kept
+    np.testing.assert_array_equal(keep_main_component(flipped),
+                                  partial(np.zeros_like(labels), (14, 14, 14))[::-1, ::-1, ::-1])
+    # one more voxel wins over scan order
+    labels = partial(partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1)), (14, 14, 14), lv=4)
+    out = keep_main_component(labels)
+    assert (out == MYO).sum() == 27 and out[14, 14, 14] == MYO and (out == LV).sum() == 64
+    # an anchor (a structure with one component in the map: RV here) wins over voxels; the LV is found twice
+    labels = partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1), myo=4, lv=4)  # 128 voxels: MYO, LV
+    partial(labels, (14, 14, 14), lv_label=RV)  # 54 voxels: MYO, RV
+    cube(labels, (20, 1, 20), 3, LV)  # a stray LV, not negligible: the LV is ambiguous
+    out = keep_main_component(labels)
+    assert (out == MYO).sum() == 27 and out[14, 14, 14] == MYO
+    assert (out == LV).sum() == 64  # absent from the heart region and touching nothing kept: its largest
+    # more structures win over anchors and voxels: a small full heart beats a big region with an anchored class 4
+    labels = partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1), myo=5, lv=5, lv_label=4)  # MYO, 4 (anchor)
+    partial(labels, (14, 14, 14))  # MYO, LV
+    cube(labels, (14, 17, 14), 2, RV)  # and RV touching that MYO: three structures, none an anchor
+    cube(labels, (20, 1, 20), 2, RV)
+    cube(labels, (1, 20, 20), 2, LV)
+    out = keep_main_component(labels)
+    assert (out == MYO).sum() == 27 and out[14, 14, 14] == MYO
+    assert (out == RV).sum() == 8 and out[14, 17, 14] == RV and (out == LV).sum() == 27
+    assert (out == 4).sum() == 125  # a class with one component is left alone
+
+
+def test_equal_components_inside_the_heart_keep_the_first_in_scan_order():
+    labels = np.zeros((16, 16, 16), np.uint8)
+    cube(labels, (6, 6, 6), 3, LV)
+    cube(labels, (3, 6, 6), 3, MYO)  # two MYO pieces of 27 voxels, one on each side of the LV
+    cube(labels, (9, 6, 6), 3, MYO)
+    out = keep_main_component(labels)
+    assert (out == MYO).sum() == 27 and out[3, 6, 6] == MYO and out[9, 6, 6] == 0
+    out = keep_main_component(labels[::-1].copy())
+    assert (out == MYO).sum() == 27 and out[15 - 11, 6, 6] == MYO and out[15 - 3, 6, 6] == 0
+
+
+def test_a_kept_component_touches_another_kept_structure_when_one_can():
+    # along x, one region: MYO 4^3 | LV slab 1x4x4 | RV 4^3 | LV 5^3 | MYO 3^3
+    labels = np.zeros((20, 8, 8), np.uint8)
+    cube(labels, (0, 0, 0), 4, MYO)
+    labels[4, :4, :4] = LV
+    cube(labels, (5, 0, 0), 4, RV)
+    cube(labels, (9, 0, 0), 5, LV)
+    cube(labels, (14, 0, 0), 3, MYO)
+    out = keep_main_component(labels)
+    assert (out == LV).sum() == 125 and not out[4].any()  # the LV slab goes, and with it the big MYO's only contact
+    assert (out == MYO).sum() == 27 and out[14, 0, 0] == MYO  # so the MYO piece touching the kept LV is kept
+    # a structure's choice does not depend on which others are post-processed: the LV slab stays, the MYO is the same
+    only_myo = keep_main_component(labels, [MYO])
+    np.testing.assert_array_equal(only_myo == MYO, out == MYO)
+    np.testing.assert_array_equal(only_myo == LV, labels == LV)
+
+
+def test_a_structure_apart_from_the_heart_is_not_swapped_for_stray_voxels_on_it():
+    labels = two_hearts(4)[1]  # the true heart alone
+    cube(labels, (4, 4, 4), 5, 4)  # a structure 4 (a vessel) apart from the heart: 125 voxels
+    labels[23, 25, 25] = 4  # and one stray voxel of it on the heart, inside the RV
+    out = keep_main_component(labels)
+    assert (out == 4).sum() == 125 and out[23, 25, 25] == 0  # the stray voxel is negligible (< 0.1 x 125)
+    out = keep_main_component(labels, min_fraction=0)  # every component a candidate: the one touching the heart
+    assert (out == 4).sum() == 1 and out[23, 25, 25] == 4
+
+
+def test_main_component_random_maps_keep_one_touching_component_per_structure():
+    structure = np.ones((3, 3, 3), bool)
+    for seed, fraction in itertools.product(range(8), (0.1, 0.0)):
+        rng = np.random.default_rng(seed)
+        labels = (rng.integers(1, 4, (12, 12, 12)) * (rng.random((12, 12, 12)) < 0.15)).astype(np.uint8)
+        out = keep_main_component(labels, min_fraction=fraction)
+        np.testing.assert_array_equal(out, keep_main_component(labels, min_fraction=fraction))  # deterministic
+        assert set(np.unique(out)) == set(np.unique(labels))
+        assert np.all((out == labels) | (out == 0))  # voxels are only ever removed
+        for c in (int(c) for c in np.unique(labels) if c):
+            alone = keep_main_component(labels, [c], min_fraction=fraction)  # the same choice, the others untouched
+            np.testing.assert_array_equal(alone, np.where(labels == c, out, labels))
+            comp, n = ndimage.label(labels == c, structure)
+            kept = np.unique(comp[out == c])
+            assert len(kept) == 1  # exactly one component of each structure
+            sizes = np.bincount(comp.ravel())
+            candidates = np.flatnonzero(sizes[1:] >= fraction * sizes[1:].max()) + 1
+            assert kept[0] in candidates
+            near = ndimage.binary_dilation((out != 0) & (out != c), structure)
+            if np.intersect1d(np.unique(comp[near & (comp > 0)]), candidates).size:
+                assert (near & (out == c)).any()  # it touches another kept structure when a candidate can
+
+
+def test_postprocess_check_reports_the_worst_raw_to_post_change():
+    from experiments.checks.postprocess_check import worst_change
+
+    def rec(case, **dice):
+        return {"case": case, "dice": dice}
+
+    raw = [rec("p1", A=0.9, B=0.5, C=float("nan")), rec("p2", A=0.8, B=0.6, C=0.7), rec("p3", A=0.7, B=None, C=0.2)]
+    post = [rec("p1", A=0.95, B=0.4, C=0.1), rec("p2", A=0.7, B=0.6, C=0.0), rec("p3", A=0.7, B=0.3, C=0.2)]
+    w = worst_change(raw, post, ["A", "B", "C"])  # p2 C falls 0.7; pairs with a NaN or None are skipped
+    assert (w["case"], w["structure"]) == ("p2", "C") and w["change"] == pytest.approx(-0.7)
+    assert (w["raw"], w["post"]) == (0.7, 0.0)
+    tie = worst_change([rec("p1", A=0.5, B=0.5), rec("p2", A=0.5, B=0.5)],
+                       [rec("p1", A=0.5, B=0.4), rec("p2", A=0.4, B=0.5)], ["A", "B"])
+    assert (tie["case"], tie["structure"]) == ("p1", "B")  # equal falls: the first case, then the first structure
+    assert worst_change(raw, raw, ["A", "B", "C"])["change"] == 0.0
+    assert worst_change([rec("p", A=None)], [rec("p", A=0.3)], ["A"]) is None

@@ -1,13 +1,15 @@
-"""Post-processing on a finished run's test patients: raw, as decided per structure, and the plain largest component.
+"""Post-processing on a finished run's test patients: raw, as decided per structure, and two rules on every structure.
 
   python -m experiments.checks.postprocess_check RUN_DIR [--models 2d,3d]
 
 Reads each model's raw test predictions (RUN_DIR/predictions/KIND/*.nii.gz) and decision (eval_KIND.json), and
 the reference labels through the run's own dataset settings; prints per structure the mean Dice raw, with the
-decided post-processing (what `heartjax.predict` writes) and with the largest component of every structure (the
-rule before the per-structure decision), and counts the (patient, structure) pairs a rule turned from Dice > 0
-into Dice 0: the post-processing must never lose a structure the network found. Run it from the folder the
-experiment ran in (the run's config holds its data paths as given).
+decided post-processing (what `heartjax.predict` writes, replayed with the current code), with the heart's
+component (`keep_main_component`) of every structure, and with the largest component of every structure (the rule
+before the per-structure decision); lists the (patient, structure) pairs a rule turned from Dice > 0 into Dice 0
+(the post-processing must never lose a structure the network found), and gives each rule's worst (patient,
+structure) change of Dice from raw. Run it from the folder the experiment ran in (the run's config holds its data
+paths as given).
 """
 
 from __future__ import annotations
@@ -29,14 +31,34 @@ from heartjax.eval.scoring import score_case
 from heartjax.paths import RunFolder
 
 
+def worst_change(raw: list[dict], post: list[dict], names) -> dict | None:
+    """The (patient, structure) pair whose Dice fell most from `raw` to `post` (per-case `score_case` records in the
+    same case order), or rose least where none fell; ties: the first in case order, then in `names` order. Pairs
+    without a finite Dice both ways are skipped; None when none is left. {"case", "structure", "raw", "post",
+    "change"}."""
+    def finite(x):
+        return x is not None and bool(np.isfinite(x))
+
+    pairs = [(float(p["dice"][n]) - float(r["dice"][n]), i, j, p["case"], n, float(r["dice"][n]), float(p["dice"][n]))
+             for i, (r, p) in enumerate(zip(raw, post)) for j, n in enumerate(names)
+             if finite(r["dice"][n]) and finite(p["dice"][n])]
+    if not pairs:
+        return None
+    change, _, _, case, name, before, after = min(pairs)  # (change, case order, structure order): ties explicit
+    return {"case": case, "structure": name, "raw": before, "post": after, "change": change}
+
+
 def check(run_dir: Path, kind: str) -> dict:
-    """{"structures": names, "rules": {rule: {"dice": {name: mean}, "lost": [(case, name)]}}, "decision": ...}."""
+    """{"structures": names, "decision": ..., "cases": n, "rules": {rule: {"dice": {name: mean}, "mean": float,
+    "lost": [(case, name)], "worst": {"case", "structure", "raw", "post", "change"} or None}}}: "worst" is the
+    (patient, structure) pair whose Dice fell most from raw (rose least where none fell; first in case order, then
+    structure order, on ties), over pairs with a finite Dice both ways."""
     cfg = config_lib.from_dict(json.loads(RunFolder(run_dir).config.read_text()))
     decision = json.loads(RunFolder(run_dir).eval_record(kind).read_text())["postprocessing"]
     ds = cases.resolve_dataset(cfg.data, log=lambda *a: None)
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
-             "largest_all": postprocess.keep_largest_component}
+             "main_all": postprocess.keep_main_component, "largest_all": postprocess.keep_largest_component}
     scores, pred_quirks = {r: [] for r in rules}, Quirks()
     for path in sorted(RunFolder(run_dir).predictions(kind).glob("*.nii.gz")):
         cid = path.name.removesuffix(".nii.gz")
@@ -54,7 +76,8 @@ def check(run_dir: Path, kind: str) -> dict:
         dice = {n: float(np.nanmean([s["dice"][n] for s in scores[r]])) for n in names}
         lost = [(s["case"], n) for raw, s in zip(scores["raw"], scores[r]) for n in names
                 if (raw["dice"][n] or 0) > 0 and s["dice"][n] == 0]
-        out["rules"][r] = {"dice": dice, "mean": float(np.mean(list(dice.values()))), "lost": lost}
+        out["rules"][r] = {"dice": dice, "mean": float(np.mean(list(dice.values()))), "lost": lost,
+                           "worst": worst_change(scores["raw"], scores[r], names)}
     return out
 
 
@@ -72,6 +95,13 @@ def main(argv=None) -> int:
             for r, v in res["rules"].items():
                 lost = ", ".join(f"{c} {n}" for c, n in v["lost"]) or "none"
                 print(f"  {r:<12}  " + "  ".join(f"{v['dice'][n]:6.3f}" for n in names) + f"  {v['mean']:6.3f}  {lost}")
+            print("  worst (patient, structure) Dice change from raw:")
+            for r, v in res["rules"].items():
+                w = v["worst"]
+                if r != "raw":
+                    print(f"  {r:<12}  " + ("none scored" if w is None else
+                                            f"{w['change']:+.3f}  {w['case']} {w['structure']} "
+                                            f"({w['raw']:.3f} -> {w['post']:.3f})"))
     except (HeartjaxError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ Layouts follow Flax: x is channels-last [B, *spatial, C_in] with 2 or 3 spatial 
 [*kernel, C_in, C_out]. The implementation is an explicit argument (`impl`, one of `IMPLS`; a model carries
 it as `UNetConfig.conv_impl`), so it is part of the traced graph and of jit's cache key:
 
-- "xla": one `jax.lax.conv_general_dilated`, for GPUs and TPUs.
+- "xla": one `jax.lax.conv_general_dilated` in the input's dtype, for GPUs and TPUs (bfloat16 in, bfloat16
+  out, accumulated in float32 inside the accelerator's kernel; so the gradients' convolutions are bfloat16 too).
 - "planes": a formulation for XLA:CPU, which runs 2D convolutions through library kernels but 3D ones
   through a generic loop. 3D convolutions become 2D ones over (Y, Z) with the X axis moved into batch and
   channels, with custom gradients that avoid XLA:CPU's slow paths (see heartjax/conv/xla_cpu.py).
@@ -20,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from heartjax.conv.common import as_tuple, explicit_pads, xla_conv
+from heartjax.conv.common import as_tuple, explicit_pads, native_conv
 from heartjax.conv.xla_cpu import COMPILER_OPTIONS, identity_product, planes_conv
 from heartjax.config.options import CONV_IMPLS
 from heartjax.errors import HeartjaxError
@@ -77,7 +78,8 @@ def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "
     x: [B, *spatial, C_in], 2 or 3 spatial axes, float32 or bfloat16. w: [*kernel, C_in, C_out], same dtype.
     strides: int or one int per spatial axis. padding: "SAME", "VALID" or [(lo, hi)] per spatial axis.
     impl: one of `IMPLS` (or `BENCH_IMPLS`), resolved by `resolve_impl` at trace time.
-    Returns [B, *out_spatial, C_out] in x's dtype (accumulated in float32).
+    Returns [B, *out_spatial, C_out] in x's dtype (low-precision products accumulated in float32: by the
+    accelerator's kernel for "xla", explicitly in "planes").
     """
     nd = x.ndim - 2
     if nd not in (2, 3) or w.ndim != x.ndim or w.shape[-2] != x.shape[-1] or x.dtype != w.dtype:
@@ -90,7 +92,7 @@ def conv(x: jax.Array, w: jax.Array, *, strides=1, padding="SAME", impl: str = "
         raise HeartjaxError(f"conv padding must not be negative, got {padding!r}")
     name = resolve_impl(impl, nd)
     if name == "xla":
-        return xla_conv(x, w, st, pads)
+        return native_conv(x, w, st, pads)
     return planes_conv(x, w, st, pads, materialise=name != "planes-plain")
 
 

@@ -58,6 +58,18 @@ def xla_conv(x, w, strides, pads):
     return y.astype(x.dtype)
 
 
+def native_conv(x, w, strides, pads):
+    """One lax.conv_general_dilated returning x's dtype directly, for GPUs and TPUs.
+
+    Their convolution kernels accumulate bfloat16 products in float32 internally and round once at the end, so
+    asking for a float32 result (`preferred_element_type`) adds no accuracy but makes the result float32, and
+    with it every cotangent: the whole backward pass would run in float32. Returned in x's dtype, the input
+    and kernel gradients are bfloat16 convolutions too. For float32 x this is `xla_conv` exactly.
+    """
+    dn = DN3 if x.ndim == 5 else DN2
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn)
+
+
 def conv2d(x, w, pads):
     """Stride-1 2D convolution [N, H, W, C] x [kh, kw, C, O], accumulated (and returned) in float32 for low
     precision."""

@@ -128,7 +128,8 @@ class Conv(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """Batch, instance or group normalisation over channels-last input, computed in float32."""
+    """Batch, instance or group normalisation over channels-last input, computed in float32, returned in the
+    input's dtype."""
 
     def __init__(self, kind: str, features: int, group_size: int = 8, momentum: float = 0.9):
         self.kind, self.momentum = kind, momentum
@@ -140,9 +141,9 @@ class Norm(nnx.Module):
             self.var = nnx.BatchStat(jnp.ones((features,), jnp.float32))
 
     def __call__(self, x, train: bool):
+        if self.kind != "batch":  # instance (groups == channels) or group: float32 inside, x's dtype out
+            return group_norm(x, self.scale[...], self.bias[...], self.groups)
         dtype, x = x.dtype, x.astype(jnp.float32)
-        if self.kind != "batch":  # instance (groups == channels) or group
-            return group_norm(x, self.scale[...], self.bias[...], self.groups).astype(dtype)
         spatial = tuple(range(1, x.ndim - 1))
         if train:
             mean, var = x.mean((0, *spatial)), x.var((0, *spatial))
@@ -166,9 +167,11 @@ def _group_stats(x, groups: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def group_norm(x, scale, bias, groups: int):
-    """Group normalisation (instance norm when groups == channels) of float32 x [B, *spatial, C], eps 1e-5,
-    then the per-channel affine `scale`, `bias` [C].
+    """Group normalisation (instance norm when groups == channels) of x [B, *spatial, C] (float32 or
+    bfloat16), eps 1e-5, then the per-channel affine `scale`, `bias` [C] (float32). Returns x's dtype.
 
+    Statistics and arithmetic run in float32 whatever x's dtype; x is kept for the backward pass in its own
+    dtype (half the memory for bfloat16), and dx is returned in it, so bfloat16 cotangents stay bfloat16.
     The backward pass is written out: one reduction over the spatial axes of dy and dy * x_hat per (sample,
     channel), from which dx, dscale and dbias all follow, instead of the several reductions automatic
     differentiation of the two-pass statistics produces.
@@ -177,15 +180,17 @@ def group_norm(x, scale, bias, groups: int):
 
 
 def _group_norm_fwd(x, scale, bias, groups):
-    """Forward pass; keeps x and the statistics."""
-    g, mean, rstd = _group_stats(x, groups)
+    """Forward pass; keeps x (in its dtype) and the statistics."""
+    xf = x.astype(jnp.float32)
+    g, mean, rstd = _group_stats(xf, groups)
     y = ((g - mean) * rstd).reshape(x.shape) * scale + bias
-    return y, (x, scale, mean, rstd)
+    return y.astype(x.dtype), (x, scale, mean, rstd)
 
 
 def _group_norm_bwd(groups, res, dy):
     """dx = rstd (dxh - mean(dxh) - x_hat mean(dxh x_hat)) per group, dxh = dy * scale."""
-    x, scale, mean, rstd = res
+    x_in, scale, mean, rstd = res
+    x, dy = x_in.astype(jnp.float32), dy.astype(jnp.float32)
     spatial = tuple(range(1, x.ndim - 1))
     shape_g = (*x.shape[:-1], groups, x.shape[-1] // groups)
     xhat = ((x.reshape(shape_g) - mean) * rstd).reshape(x.shape)
@@ -198,7 +203,7 @@ def _group_norm_bwd(groups, res, dy):
     bshape = (b, *(1,) * len(spatial), groups, 1)
     dxh = (dy * scale).reshape(shape_g)
     dx = rstd * (dxh - s1.reshape(bshape) - xhat.reshape(shape_g) * s2.reshape(bshape))
-    return dx.reshape(x.shape), sum_dy_xhat.sum(0), sum_dy.sum(0)
+    return dx.reshape(x.shape).astype(x_in.dtype), sum_dy_xhat.sum(0), sum_dy.sum(0)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)

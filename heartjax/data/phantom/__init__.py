@@ -10,15 +10,22 @@ is the difficulty level (`heartjax.data.phantom.levels`; scanner models in `hear
 follow the MM-WHS layout and are stored in LPS-like voxel order, as DICOM-derived scans are, so loaders must
 reorient them to RAS.
 
+Cases are written in parallel, one process per core (`write_phantom(workers=)`, `--workers`); each case is a pure
+function of its seed, so the files are the same bytes whatever the number of processes.
+
 Command line:
   python -m heartjax.phantom --out DIR --cases 20 --modality ct|mri|cine [--difficulty 1] [--seed 0]
-                             [--spacing 1 1 1.6] [--overwrite]
+                             [--spacing 1 1 1.6] [--overwrite] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gzip
+import multiprocessing
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +48,7 @@ TISSUES = shp.TISSUES  # tissue class names, indexed by the values of `generate_
 DEFAULT_SPACING = (1.0, 1.0, 1.6)
 DEFAULT_FOV_MM = (200.0, 200.0, 160.0)
 FIRST_CASE = 1001
+PARALLEL_VOXELS = 2 ** 23  # write_phantom's default: processes from this many voxels in all (~2 s of one core)
 
 
 def _check_settings(modality, spacing, fov_mm) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -229,32 +237,86 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def write_phantom(out_dir, cases: int = 20, modality: str = "ct", seed: int = 0, spacing=DEFAULT_SPACING,
-                  overwrite: bool = False, fov_mm=DEFAULT_FOV_MM, difficulty: int = DEFAULT_LEVEL) -> list[Path]:
+                  overwrite: bool = False, fov_mm=DEFAULT_FOV_MM, difficulty: int = DEFAULT_LEVEL,
+                  workers: int | None = None) -> list[Path]:
     """Write a phantom dataset in the MM-WHS layout and return the written paths (image, label per case).
 
     CT images are stored as int16 Hounsfield units, MRI images as float32, labels as uint16 MM-WHS codes, all in
     LPS-like on-disk voxel order. Case i (0-based) is generate_case(case_seed(seed, i), ...), so identical calls
     write identical bytes. Existing case files are refused (HeartjaxError naming the path) unless overwrite.
+    Cases are written by `workers` processes (default: one per usable core, or 1 below PARALLEL_VOXELS voxels in
+    all; 1 writes them in this process), each file atomically; the bytes do not depend on the number of processes.
     """
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise HeartjaxError(f"cases={cases!r} must be an integer >= 1")
     spacing, fov_mm = _check_settings(modality, spacing, fov_mm)
     seed = _check_seed(seed)
     _check_difficulty(difficulty)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise HeartjaxError(f"workers={workers!r} must be an integer >= 1 (or None: one per usable core)")
     pairs = case_paths(out_dir, int(cases), modality)
     if not overwrite:
         for path in (p for pair in pairs for p in pair):
             if path.exists():
                 raise HeartjaxError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another --out")
     pairs[0][0].parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, (image_path, label_path) in enumerate(pairs):
-        image, label, affine = generate_case(case_seed(seed, i), modality, spacing, fov_mm, difficulty)
-        desc = f"heartjax phantom v{VERSION} difficulty={difficulty} {modality} seed={seed} case={i}"
-        _write_nifti(image_path, image, affine, np.int16 if modality == "ct" else np.float32, desc)
-        _write_nifti(label_path, label, affine, np.uint16, desc)
-        written += [image_path, label_path]
-    return written
+    jobs = [(i, image_path, label_path, seed, modality, spacing, fov_mm, difficulty)
+            for i, (image_path, label_path) in enumerate(pairs)]
+    if workers is None:  # one per core, unless starting the processes costs more than the phantom (tests' grids)
+        voxels = len(jobs) * np.prod([round(f / s) for f, s in zip(fov_mm, spacing)])
+        workers = default_workers() if voxels >= PARALLEL_VOXELS else 1
+    workers = min(len(jobs), int(workers))
+    if workers <= 1:
+        return [path for job in jobs for path in _write_case(job)]
+    if _jax_loaded():
+        _write_in_subprocess(out_dir, len(jobs), modality, seed, spacing, fov_mm, difficulty, workers)
+        return [path for pair in pairs for path in pair]
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_write_case, job) for job in jobs]
+        try:
+            return [path for future in futures for path in future.result()]
+        except BaseException:  # a failed case (or Ctrl-C): do not start the cases still waiting
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _write_case(job: tuple) -> list[Path]:
+    """Generate case i of a phantom and write its image and label files (atomically); returns their paths."""
+    i, image_path, label_path, seed, modality, spacing, fov_mm, difficulty = job
+    image, label, affine = generate_case(case_seed(seed, i), modality, spacing, fov_mm, difficulty)
+    desc = f"heartjax phantom v{VERSION} difficulty={difficulty} {modality} seed={seed} case={i}"
+    _write_nifti(image_path, image, affine, np.int16 if modality == "ct" else np.float32, desc)
+    _write_nifti(label_path, label, affine, np.uint16, desc)
+    return [image_path, label_path]
+
+
+def default_workers() -> int:
+    """Processes that write a phantom by default: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _jax_loaded() -> bool:
+    """Whether JAX runs in this process: its runtime's threads and locks make forking it unsafe."""
+    return "jax" in sys.modules
+
+
+def _write_in_subprocess(out_dir, cases, modality, seed, spacing, fov_mm, difficulty, workers) -> None:
+    """write_phantom in a fresh interpreter (`python -m heartjax.phantom`), which forks its writer processes.
+
+    For a caller with JAX loaded: a forked child would inherit JAX's threads and locks, and spawned ones would
+    re-run the caller's main script (unguarded scripts then fail). The caller has checked settings and paths.
+    """
+    args = [sys.executable, "-m", "heartjax.phantom", "--out", str(out_dir), "--cases", str(cases),
+            "--modality", modality, "--seed", str(seed), "--difficulty", str(difficulty), "--workers", str(workers),
+            "--spacing", *map(repr, spacing), "--fov", *map(repr, fov_mm), "--overwrite"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # heartjax as imported here
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HeartjaxError(f"writing the phantom in {out_dir} failed (python -m heartjax.phantom, exit status "
+                            f"{done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
 def main(argv=None) -> int:
@@ -269,11 +331,14 @@ def main(argv=None) -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING, metavar=("X", "Y", "Z"),
                         help="voxel size in mm (default 1.0 1.0 1.6)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case files")
+    parser.add_argument("--fov", type=float, nargs=3, default=DEFAULT_FOV_MM, help=argparse.SUPPRESS)  # fov_mm
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"processes writing cases in parallel (default: the usable cores, {default_workers()})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         paths = write_phantom(args.out, args.cases, args.modality, args.seed, tuple(args.spacing), args.overwrite,
-                              difficulty=args.difficulty)
+                              difficulty=args.difficulty, workers=args.workers, fov_mm=tuple(args.fov))
     except HeartjaxError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
