@@ -17,6 +17,7 @@ transfer syntaxes pydicom cannot decode here (naming what to install).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -107,10 +108,10 @@ def select_series(path) -> tuple[Path, list[tuple[Path, pydicom.Dataset]]]:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
         return folder, groups[uid]
     if len(groups) > 1:
-        listed = "; ".join(_describe(g) for g in groups.values())
+        listed = "; ".join(_describe(groups[uid]) for uid in sorted(groups))
         raise HeartjaxError(f"DICOM folder {folder} holds {len(groups)} series: {listed}. Which one? Point at a "
                             f"folder holding one series, or at one file of the series you want (e.g. "
-                            f"{next(iter(groups.values()))[0][0]}) to read that series only.")
+                            f"{groups[min(groups)][0][0]}) to read that series only.")
     return folder, next(iter(groups.values()))
 
 
@@ -209,12 +210,17 @@ def _order(series, iop: np.ndarray, folder: Path) -> list:
 def _pixels(path: Path) -> np.ndarray:
     """One slice's pixels [rows, columns] with its RescaleSlope and RescaleIntercept applied (float64)."""
     ds = pydicom.dcmread(path)
+    logger, level = logging.getLogger("pydicom"), logging.getLogger("pydicom").level
+    logger.setLevel(logging.CRITICAL)  # a failed decode is logged with its traceback; the error below says it all
     try:
         pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as err:  # noqa: BLE001 - pydicom's handlers raise many kinds; each is this file's problem
-        uid = _syntax(ds)
-        raise HeartjaxError(f"DICOM file {path}: its pixels (transfer syntax {getattr(uid, 'name', uid)}) could not be "
-                            f"decoded ({type(err).__name__}: {err}); if the file is intact, {INSTALL_HINT}.") from err
+        uid, text = _syntax(ds), " ".join(str(err).split())
+        raise HeartjaxError(f"DICOM file {path}: its pixels (transfer syntax {getattr(uid, 'name', uid)}) could "
+                            f"not be decoded ({type(err).__name__}: {text}); if the file is intact, "
+                            f"{INSTALL_HINT}.") from err
+    finally:
+        logger.setLevel(level)
     if pixels.ndim != 2:
         raise HeartjaxError(f"DICOM file {path}: pixel data of shape {pixels.shape}; expected one 2D slice.")
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
