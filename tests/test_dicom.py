@@ -185,7 +185,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> list[float]:
 
 def test_predict_on_a_series_equals_predict_on_its_nifti(tiny_run, tmp_path, capsys):
     from heartjax.serve import predict
-    from heartjax.serve.segment import segment
+    from heartjax.serve.segment import Segmenter
 
     run, image, label = tiny_run
     series = series_of(image, tmp_path / "scans" / "heart")
@@ -194,8 +194,12 @@ def test_predict_on_a_series_equals_predict_on_its_nifti(tiny_run, tmp_path, cap
     from_dicom = nibabel.load(tmp_path / "out" / "heart.nii.gz")  # named after the series folder
     assert np.allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
     assert np.array_equal(np.asarray(from_dicom.dataobj), np.asarray(from_nifti.dataobj))
+    assert len(np.unique(np.asarray(from_dicom.dataobj))) > 2  # the tiny model labels something: not a trivial match
     truth = np.asarray(nibabel.load(label).dataobj)
     assert dice(np.asarray(from_dicom.dataobj), truth) == dice(np.asarray(from_nifti.dataobj), truth)
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [c["case"] for c in record["cases"]] == [image.name[:-len(".nii.gz")], "heart"]
-    assert np.array_equal(segment(run, series, codes=True), np.asarray(from_dicom.dataobj))
+    seg = Segmenter(run)  # the Python API: a series folder's path, or the NIfTI's array with its affine
+    assert np.array_equal(seg(series, codes=True), np.asarray(from_dicom.dataobj))
+    scan = nibabel.load(image)
+    assert np.array_equal(seg(np.asarray(scan.dataobj), affine=scan.affine, codes=True), np.asarray(from_nifti.dataobj))
