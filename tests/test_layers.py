@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = ("heartjax", "experiments")
-OPTIONAL = ("torch", "monai", "pydicom")  # not in requirements.txt: imported where used, inside functions
+OPTIONAL = ("torch", "monai")  # not in requirements.txt: imported where used, inside functions
 
 # (group, layer): a module belongs to the group that is the longest prefix of its name.
 GROUPS = {

@@ -9,8 +9,8 @@ import setuptools
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-RUNTIME = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "nibabel", "numpy", "scipy", "tensorboard",
-           "tensorboardx", "matplotlib", "tqdm"]
+RUNTIME = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "nibabel", "pydicom", "numpy", "scipy",
+           "tensorboard", "tensorboardx", "matplotlib", "tqdm"]
 
 
 def _name(text: str) -> str:

@@ -26,7 +26,8 @@ LAYOUT_EXAMPLES = {
     "mmwhs": "ct_train/ct_train_1001_image.nii.gz + ct_train/ct_train_1001_label.nii.gz (or mr_train/mr_train_...)",
     "nnunet": "imagesTr/heart_001_0000.nii.gz + labelsTr/heart_001.nii.gz + dataset.json",
     "acdc": "patient001/patient001_frame01.nii.gz + patient001/patient001_frame01_gt.nii.gz + patient001/Info.cfg",
-    "plain": "images/case01.nii.gz + labels/case01.nii.gz (or masks/case01_mask.nii.gz; _label, _seg, _gt too)",
+    "plain": "images/case01.nii.gz (or images/case01/, a DICOM series) + labels/case01.nii.gz (or "
+             "masks/case01_mask.nii.gz; _label, _seg, _gt too)",
 }
 _MMWHS_RE = re.compile(r"^((ct|mr)_(?:train|test|val)_(\d+))_(image|label)$")
 
@@ -69,11 +70,16 @@ def _patient_of(case_id: str) -> str:
     return match.group(1) if match else case_id
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    """Visible .nii / .nii.gz files of a folder by case id (name without extension)."""
+def _nifti_files(folder: Path, series: bool = False) -> dict[str, Path]:
+    """Visible .nii / .nii.gz files of a folder by case id (name without extension); with `series`, also the
+    subfolders holding a DICOM series (by folder name), each an image."""
     out: dict[str, Path] = {}
-    for path in filenames.nifti_files(folder):
-        stem = filenames.case_id_from_path(path)
+    found = filenames.nifti_files(folder)
+    if series:
+        found += [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                  and images.is_image_path(p)]
+    for path in found:
+        stem = images.case_name(path) if path.is_dir() else filenames.case_id_from_path(path)
         if stem in out:
             raise HeartjaxError(f"{folder}: both {out[stem].name} and {path.name} exist; keep one of them.")
         out[stem] = path
@@ -88,7 +94,7 @@ def _layout_error(root: Path, problem: str) -> HeartjaxError:
 
 def _pair_plain(root: Path, image_dir: Path, label_dir: Path, image_suffix: str = "") -> list[Case]:
     """Pair images with labels named NAME, NAME_label, NAME_mask, NAME_seg or NAME_gt."""
-    images, labels = _nifti_files(image_dir), _nifti_files(label_dir)
+    images, labels = _nifti_files(image_dir, series=True), _nifti_files(label_dir)
     used: set[str] = set()
     cases, unlabelled = [], []
     for stem, image in images.items():

@@ -141,12 +141,13 @@ def restore_probabilities(probs: np.ndarray, pre: Preprocessed) -> np.ndarray:
 
 
 def _source_stamp(paths: Sequence[Path | None]) -> str:
-    """Identifies source files by path, size and modification time."""
+    """Identifies source files by path, size and modification time (a DICOM series folder: each of its files)."""
     parts = []
     for p in paths:
         if p is not None:
-            st = os.stat(p)
-            parts.append(f"{Path(p).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+            for f in sorted(Path(p).iterdir()) if Path(p).is_dir() else [Path(p)]:
+                st = os.stat(f)
+                parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

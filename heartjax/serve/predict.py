@@ -2,7 +2,9 @@
 
 A run folder is a model: it holds the config, plan, label scheme (with on-disk codes), preprocessing statistics,
 post-processing decision and the best weights of each model it trained. Each scan is written as one label map
-named after the input, on the scan's own grid with its own header, in the dataset's label codes.
+named after the input, on the scan's own grid with its own header, in the dataset's label codes. A DICOM series
+(a folder holding one, see `heartjax.data.io.dicom`) is read like a NIfTI scan and its label map is written as
+NIfTI on the series' grid, named after the folder (SERIES.nii.gz).
 
 Before anything runs, the run folder, the inputs and --out are checked: a mistake there prints one `error:` line
 naming the path and what to do, exits with status 2 and writes nothing. Each scan is then checked against the
@@ -161,9 +163,14 @@ class Ensemble:
 
 
 def output_name(path: Path) -> str:
-    """The label map's file name: the input's name."""
+    """The label map's file name: a NIfTI input's name; NAME.nii.gz for a DICOM series folder NAME."""
     name = path.name
-    return name if name.endswith((".nii.gz", ".nii")) else name + ".nii.gz"
+    if name.endswith((".nii.gz", ".nii")):
+        return name
+    try:
+        return images.case_name(path) + ".nii.gz"
+    except HeartjaxError:
+        return name + ".nii.gz"
 
 
 def probabilities_name(path: Path) -> str:
@@ -191,7 +198,7 @@ def _load(path: Path) -> tuple[images.Volume, list[str]]:
 def predict_case(model: Ensemble, path: Path, target: Path, args, log) -> dict:
     """Segment one scan and write its outputs; never raises. Returns its predictions.json entry: case, input,
     output, status ("ok" | "error"), shape and spacing (on-disk axis order, mm), seconds, warnings, error."""
-    entry = {"case": case_id_from_path(path), "input": str(path), "output": str(target), "status": "ok",
+    entry = {"case": case_id_from_path(output_name(path)), "input": str(path), "output": str(target), "status": "ok",
              "shape": None, "spacing": None, "seconds": None, "warnings": [], "error": None}
     t0 = time.perf_counter()
     try:
@@ -255,7 +262,8 @@ def write_predictions(out: Path, entries: list[dict], model: Ensemble, args) -> 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m heartjax.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("inputs", nargs="+", help="NIfTI files or folders of them")
+    p.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders (one series each), or folders of "
+                                             "them")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--model", choices=KINDS, default=None, help="default: the run's best by validation")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")

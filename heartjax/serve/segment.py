@@ -4,15 +4,19 @@
     seg = Segmenter("runs/volumetric-20261130-101546", model="3d")
     labels = seg(image, affine=img.affine)        # any voxel order the affine describes, as nibabel gives it
     labels = seg(image_ras, spacing=(1.0, 1.0, 1.6))  # an array already in RAS voxel order
+    labels = seg("scans/series_0042")              # a scan file, or a folder holding one DICOM series
 
 The array goes through exactly what a file goes through in the CLI: the header checks (voxel sizes, an invertible
 affine, finite voxels), reorientation to RAS, the scan checks (blank, too small, intensities unlike the training
 data: Python warnings here), the model's post-processing, and back to the input's own voxel order. Labels are
-class indices 0..K (`codes=True`: the label scheme's on-disk codes, e.g. MM-WHS 205..850).
+class indices 0..K (`codes=True`: the label scheme's on-disk codes, e.g. MM-WHS 205..850). Given a path instead of
+an array (a NIfTI file, or a DICOM series folder read by `heartjax.data.io.dicom`), the labels come in the voxel
+order of the label map `heartjax.predict` writes for it (for a series: [column, row, slice]).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -57,19 +61,14 @@ class Segmenter:
 
     def __call__(self, image, affine=None, spacing: Sequence[float] | None = None, tta: bool = False,
                  codes: bool = False) -> np.ndarray:
-        """Labels [same shape and voxel order as `image`]; the scan checks' findings are Python warnings."""
-        image = np.asarray(image)
-        aff = _affine_of(image, affine, spacing)
-        with tempfile.TemporaryDirectory(prefix="heartjax-segment-") as tmp:
-            path = Path(tmp) / "array.nii"
-            img = nibabel.Nifti1Image(image.astype(np.float32), aff)
-            img.set_sform(aff, code=1)
-            img.set_qform(aff, code=1)
-            nibabel.save(img, str(path))
-            try:
-                volume = images.load_volume(path)
-            except HeartjaxError as err:
-                raise HeartjaxError(str(err).replace(str(path), "the array")) from None
+        """Labels [same shape and voxel order as `image`]; the scan checks' findings are Python warnings. `image` may
+        be a path (a NIfTI file or a DICOM series folder), read as `heartjax.predict` reads it."""
+        if isinstance(image, (str, os.PathLike)):
+            if affine is not None or spacing is not None:
+                raise HeartjaxError("a scan given by its path carries its own geometry; pass no affine= or spacing=")
+            volume = images.load_volume(image)
+        else:
+            volume = _volume_of_array(np.asarray(image), affine, spacing)
         for text in self.ensemble.scan_warnings(volume):
             warnings.warn(text, stacklevel=2)
         labels_ras, _ = self.ensemble.segment(volume, tta)
@@ -77,7 +76,22 @@ class Segmenter:
         return self.scheme.decode(labels) if codes else labels.astype(np.uint8)
 
 
+def _volume_of_array(image: np.ndarray, affine, spacing) -> images.Volume:
+    """An array read through the NIfTI loader's checks (a temporary file), as the CLI reads a file."""
+    aff = _affine_of(image, affine, spacing)
+    with tempfile.TemporaryDirectory(prefix="heartjax-segment-") as tmp:
+        path = Path(tmp) / "array.nii"
+        img = nibabel.Nifti1Image(image.astype(np.float32), aff)
+        img.set_sform(aff, code=1)
+        img.set_qform(aff, code=1)
+        nibabel.save(img, str(path))
+        try:
+            return images.load_volume(path)
+        except HeartjaxError as err:
+            raise HeartjaxError(str(err).replace(str(path), "the array")) from None
+
+
 def segment(run_dir, image, affine=None, spacing: Sequence[float] | None = None, model: str | None = None,
             tta: bool = False, codes: bool = False) -> np.ndarray:
-    """One array with the model of `run_dir` (loads the model each call; keep a `Segmenter` for many)."""
+    """One array (or scan path) with the model of `run_dir` (loads the model each call; keep a `Segmenter` for many)."""
     return Segmenter(run_dir, model)(image, affine, spacing, tta, codes)

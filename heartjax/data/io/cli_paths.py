@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from heartjax.data.io import filenames
+from heartjax.data.io import filenames, images
 from heartjax.errors import HeartjaxError
 
 
@@ -62,31 +62,40 @@ def check_input_folder(folder: Path, what: str) -> None:
                             f"(chmod u+rx) or copy it.")
 
 
-def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """NIfTI files named directly or found in folders (visible .nii/.nii.gz files, sorted by name).
+def _folder_inputs(folder: Path) -> list[Path]:
+    """The scans of a folder: its NIfTI files, the folder itself when it holds a DICOM series, and each subfolder
+    holding one."""
+    check_input_folder(folder, "input")
+    series = [folder] if images.is_image_path(folder) else []
+    subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return filenames.nifti_files(folder) + series + [p for p in subfolders if images.is_image_path(p)]
 
-    Raises HeartjaxError for a path that does not exist or cannot be read, a file not named .nii/.nii.gz,
-    or when no NIfTI file is found at all.
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Scans named directly or found in folders: NIfTI files (visible .nii/.nii.gz files, sorted by name) and
+    DICOM series (a folder holding one, each subfolder holding one, or one file of a series to pick it).
+
+    Raises HeartjaxError for a path that does not exist or cannot be read, a file that is neither NIfTI nor DICOM,
+    or when no scan is found at all.
     """
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            check_input_folder(path, "input")
-            out += filenames.nifti_files(path)
+            out += _folder_inputs(path)
             continue
         if not path.exists():
             raise HeartjaxError(f"input {path} does not exist; check the path (a folder of scans works too).")
-        if not filenames.is_nifti_path(path):
-            raise HeartjaxError(f"input {path} is not a NIfTI file (expected a name ending in .nii or .nii.gz); "
-                                f"convert it to NIfTI first.")
+        if not images.is_image_path(path):
+            raise HeartjaxError(f"input {path} is not a NIfTI file (expected a name ending in .nii or .nii.gz) nor "
+                                f"a DICOM file; convert it to NIfTI first, or give the folder of its DICOM series.")
         if not os.access(path, os.R_OK):
             raise HeartjaxError(f"input {path} cannot be read (permission denied); make it readable (chmod u+r).")
         out.append(path)
     out = list({Path(os.path.abspath(p)): p for p in out}.values())  # a file named twice is segmented once
     if not out:
-        raise HeartjaxError(f"no NIfTI files (.nii, .nii.gz) found in {[str(i) for i in inputs]}; give scan "
-                            f"files or folders that hold them.")
+        raise HeartjaxError(f"no NIfTI files (.nii, .nii.gz) or DICOM series found in {[str(i) for i in inputs]}; "
+                            f"give scan files or folders that hold them.")
     return out
 
 

@@ -39,6 +39,8 @@ class ImageFormat:
     load_volume(image_path, label_path, scheme, case) -> Volume; load_label_file(path, scheme, reference_grid)
     -> (indices, grid); read_label_codes(path) -> codes; save_label(path, indices_ras, grid, scheme, overwrite)
     -> path; save_array(path, array_ras, grid, dtype, overwrite) -> path; to_ras / from_ras(array, grid).
+    A format whose inputs are not named by an ending (a folder holding a DICOM series) gives `claims(path) -> bool`
+    (cheap; False for a path that does not exist) and `case_name(path) -> str` (the case id, and so the output name).
     """
 
     name: str
@@ -51,3 +53,5 @@ class ImageFormat:
     save_array: Callable
     to_ras: Callable
     from_ras: Callable
+    claims: Callable | None = None
+    case_name: Callable | None = None

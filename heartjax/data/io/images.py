@@ -1,6 +1,8 @@
 """The image reader/writer registry: every scan and label file is read and written through it, never through a
 format module directly. A format is one module that defines `FORMAT` (an `ImageFormat`: its file name endings
 and its readers and writers; NIfTI's is `heartjax.data.io.nifti`), listed in `FORMATS` or added with `register`.
+A format may also claim inputs that no ending names: `heartjax.data.io.dicom` claims a folder holding a DICOM
+series (or one file of it) and reads it onto a NIfTI grid, so its label map is written as NIfTI.
 
 Readers give a `Volume` in RAS voxel order with the format's on-disk `grid`, which the writers take back to lay
 results over the scan exactly.
@@ -13,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from heartjax.data.io import nifti
+from heartjax.data.io import dicom, nifti
+from heartjax.data.io.filenames import case_id_from_path
 from heartjax.data.io.formats import ImageFormat, Volume
 from heartjax.errors import HeartjaxError
 
-FORMATS: list[ImageFormat] = [nifti.FORMAT]
+FORMATS: list[ImageFormat] = [nifti.FORMAT, dicom.FORMAT]  # NIfTI first: its Grid is also the DICOM reader's
 
-__all__ = ["FORMATS", "ImageFormat", "Volume", "register", "format_of", "is_image_path", "load_volume",
+__all__ = ["FORMATS", "ImageFormat", "Volume", "register", "format_of", "is_image_path", "case_name", "load_volume",
            "load_label_file", "read_label_codes", "save_label", "save_array", "to_ras", "from_ras"]
 
 
@@ -37,14 +40,23 @@ def _endings() -> str:
     return ", ".join(e for f in FORMATS for e in f.extensions)
 
 
+def _claimed_by(path) -> ImageFormat | None:
+    """The format that claims an input no ending names (a DICOM series folder), if any."""
+    return next((f for f in FORMATS if f.claims is not None and f.claims(path)), None)
+
+
 def format_of(path: str | os.PathLike) -> ImageFormat:
-    """The format of a file, by the ending of its name; HeartjaxError naming the known endings otherwise."""
+    """The format of a file, by the ending of its name (else by a format's `claims`, e.g. a folder holding a DICOM
+    series); HeartjaxError naming the known endings otherwise."""
     name = Path(path).name
     for fmt in FORMATS:
         if name.endswith(fmt.extensions):
             return fmt
+    fmt = _claimed_by(path)
+    if fmt is not None:
+        return fmt
     raise HeartjaxError(f"file {path} is not an image heartjax reads or writes: expected a name ending in "
-                        f"{_endings()}.")
+                        f"{_endings()}, or a folder holding one DICOM series.")
 
 
 def _format_of_grid(grid) -> ImageFormat:
@@ -55,8 +67,15 @@ def _format_of_grid(grid) -> ImageFormat:
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
-    """True for a name ending in a registered format's extension."""
-    return Path(path).name.endswith(tuple(e for f in FORMATS for e in f.extensions))
+    """True for a name ending in a registered format's extension, or an input a format claims (a DICOM series)."""
+    return Path(path).name.endswith(tuple(e for f in FORMATS for e in f.extensions)) or _claimed_by(path) is not None
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case id of an input, which also names its outputs: a file's name without its ending, a DICOM series
+    folder's name."""
+    fmt = format_of(path)
+    return fmt.case_name(path) if fmt.case_name is not None else case_id_from_path(path)
 
 
 def load_volume(image_path, label_path=None, scheme=None, case: str | None = None) -> Volume:
