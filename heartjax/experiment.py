@@ -158,12 +158,13 @@ def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: boo
 
 def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
     from heartjax.data import nifti
-    from heartjax.eval.figures import plot_case_montage, plot_dice_bars
+    from heartjax.eval.figures import plot_case_montage
+    from heartjax.eval.score_figures import plot_structure_scores
 
     names, figs = results.label_names, workdir / "figures"
     figs.mkdir(exist_ok=True)
-    plot_dice_bars({k: {n: (m.per_structure[n].dice_mean or 0.0) for n in names} for k, m in results.models.items()},
-                   figs / "dice_per_structure.png", title=f"Test Dice per structure ({results.dataset})")
+    plot_structure_scores(results.to_json(), figs / "dice_per_structure.png",
+                          title=f"Test Dice and HD95 per structure ({results.dataset})")
     store, ids = prep.scored
     case = ids[0]
     vol = store.volume(case)
