@@ -1,8 +1,8 @@
-"""Checkpointer: exact round trips, slots, errors, and atomicity under crashes (including SIGKILL)."""
+"""Checkpointer: exact round trips, slots and their retention, resumed timelines, asynchronous saves, the layout
+before orbax's CheckpointManager, errors, and atomicity under crashes (including SIGKILL)."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +13,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from heartjax.train import checkpoint as ckpt
+from heartjax.train.leaves import flatten
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.errors import HeartjaxError
 
@@ -94,85 +96,115 @@ def test_mismatched_target_raises_clear_errors(tmp_path):
         c.restore("latest", {"w": jax.ShapeDtypeStruct((2, 3), jnp.bfloat16), "b": b})
 
 
-def test_latest_keeps_only_newest_and_best_is_separate(tmp_path):
+def test_latest_keeps_newest_and_best_keeps_highest_dice(tmp_path):
     c = Checkpointer(tmp_path)
-    for step in (10, 20, 30):
+    for step, dice in ((10, 0.3), (20, 0.5), (30, 0.4)):
         c.save("latest", step, {"x": jnp.full(4, step, jnp.int32)}, {"step": step})
-        if step == 20:
-            c.save("best", step, {"x": jnp.full(4, -step, jnp.int32)}, {"dice": 0.5})
-    c.save("latest", 30, {"x": jnp.full(4, 31, jnp.int32)}, {"step": 30})  # re-saving a step replaces it
-    assert [p.name.startswith("step_00000030_") for p in (tmp_path / "latest").iterdir()] == [True]
-    assert len(list((tmp_path / "best").iterdir())) == 1
+        c.save("best", step, {"x": jnp.full(4, -step, jnp.int32)}, {"dice": dice}, metric=dice)
+    assert [p.name for p in (tmp_path / "latest").iterdir()] == ["step_00000030"]
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["step_00000020"]  # 0.4 at step 30 is worse
     assert (c.latest_step(), c.latest_step("best")) == (30, 20)
+    c.save("best", 40, {"x": jnp.full(4, -40, jnp.int32)}, {"best_ema": 0.6})  # the loop state's EMA ranks it
     target = {"x": jax.ShapeDtypeStruct((4,), jnp.int32)}
     latest, meta = c.restore("latest", target)
     best, best_meta = c.restore("best", target)
-    assert latest["x"].tolist() == [31] * 4 and meta == {"step": 30}
-    assert best["x"].tolist() == [-20] * 4 and best_meta == {"dice": 0.5}
+    assert latest["x"].tolist() == [30] * 4 and meta == {"step": 30}
+    assert best["x"].tolist() == [-40] * 4 and best_meta == {"best_ema": 0.6}
     with pytest.raises(ValueError, match="slot"):
         c.save("final", 1, {"x": jnp.zeros(1)}, {})
+    with pytest.raises(ValueError, match="validation Dice"):
+        c.save("best", 50, {"x": jnp.zeros(1)}, {})
+    c.close()
 
 
-def test_missing_directory_names_it_and_creates_nothing(tmp_path):
-    missing = tmp_path / "run" / "checkpoints" / "2d"
-    c = Checkpointer(missing)
-    assert c.latest_step() is None and c.latest_step("best") is None
-    with pytest.raises(HeartjaxError, match=f"{missing}.*--resume"):
-        c.restore("latest", {"x": jnp.zeros(2)})
-    assert not missing.exists()
+def test_resumed_run_replaces_the_abandoned_timeline(tmp_path):
+    """A killed run saved "best" at 30 (after its last "latest" at 20); the resumed run saves lower steps again."""
+    c = Checkpointer(tmp_path)
+    c.save("latest", 20, {"x": jnp.ones(2)}, {"step": 20})
+    c.save("best", 30, {"x": jnp.ones(2)}, {}, metric=0.9)
+    c.save("best", 30, {"x": jnp.zeros(2)}, {"again": True}, metric=0.8)  # re-saving a step replaces it
+    assert c.restore("best", {"x": jnp.ones(2)})[1] == {"again": True}
+    c.save("best", 25, {"x": jnp.zeros(2)}, {"resumed": True}, metric=0.7)  # worse, but the 30 is stale
+    c.save("latest", 10, {"x": jnp.zeros(2)}, {"step": 10})
+    assert (c.latest_step(), c.latest_step("best")) == (10, 25)
+    assert c.restore("best", {"x": jnp.ones(2)})[1] == {"resumed": True}
+    assert Checkpointer(tmp_path).restore("latest", {"x": jnp.ones(2)})[1] == {"step": 10}  # a fresh reader too
 
 
 def test_interrupted_saves_leave_previous_checkpoint(tmp_path, monkeypatch):
     c = Checkpointer(tmp_path)
     c.save("latest", 1, {"x": jnp.arange(3.0)}, {"step": 1})
     slot = tmp_path / "latest"
-    # leftovers of a save killed half-way: a temp entry with partial orbax output, and a half-deleted old entry
-    partial = slot / ".tmp_step_00000002_000001_99999"
-    (partial / "state.orbax-checkpoint-tmp-123" / "d").mkdir(parents=True)
-    (partial / "state.orbax-checkpoint-tmp-123" / "d" / "junk").write_bytes(b"\0" * 100)
-    (slot / ".old_step_00000000_000000_99999" / "state").mkdir(parents=True)
+    # the leftover of a save killed half-way: orbax's temporary folder with partial output
+    partial = slot / "step_00000002.orbax-checkpoint-tmp-1234"
+    (partial / "state" / "d").mkdir(parents=True)
+    (partial / "state" / "d" / "junk").write_bytes(b"\0" * 100)
+    c = Checkpointer(tmp_path)
     assert c.latest_step() == 1
     restored, meta = c.restore("latest", {"x": jnp.zeros(3)})
     assert restored["x"].tolist() == [0.0, 1.0, 2.0] and meta == {"step": 1}
 
-    # a save that fails after orbax wrote its arrays: the exception propagates, the old entry stays
-    def broken_fsync(fd):
+    # a save that fails while orbax writes: the exception propagates, the old entry stays
+    def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "fsync", broken_fsync)
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "async_save", broken)
     with pytest.raises(OSError, match="disk full"):
         c.save("latest", 2, {"x": jnp.arange(3.0) + 10}, {"step": 2})
     monkeypatch.undo()
+    c = Checkpointer(tmp_path)
     assert c.latest_step() == 1
     assert c.restore("latest", {"x": jnp.zeros(3)})[0]["x"].tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(TypeError, match="JSON"):  # unserialisable metadata fails before anything is written
         c.save("latest", 2, {"x": jnp.arange(3.0)}, {"bad": object()})
-    # the failed saves removed their own temp entries, and the earlier leftovers when it started
-    assert [p.name for p in slot.iterdir()] == ["step_00000001_000000"]
     c.save("latest", 3, {"x": jnp.arange(3.0) + 20}, {"step": 3})
-    assert [p.name for p in slot.iterdir()] == ["step_00000003_000001"]
+    assert [p.name for p in slot.iterdir()] == ["step_00000003"]  # the temporary folders are gone
 
 
-def test_killed_between_commit_and_cleanup_prefers_newest(tmp_path):
+def test_asynchronous_save_is_waited_for(tmp_path):
+    with Checkpointer(tmp_path, asynchronous=True) as c:
+        for step in (1, 2):
+            c.save("latest", step, {"w": jnp.full((256, 256), step, jnp.float32)}, {"step": step})
+        state, meta = c.restore("latest", {"w": jax.ShapeDtypeStruct((256, 256), jnp.float32)})
+        assert meta == {"step": 2} and bool(jnp.all(state["w"] == 2))
+        c.save("best", 3, {"w": jnp.full((256, 256), 3, jnp.float32)}, {}, metric=0.5)
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["step_00000003"]  # close waited for the commit
+
+
+def write_old_layout(slot_dir, name, state, meta):
+    """A save as heartjax wrote it before CheckpointManager: SLOT/step_S_N/{state, metadata.json}."""
+    leaves, records = flatten(state)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as writer:
+        writer.save((slot_dir / name / "state").absolute(), args=ocp.args.StandardSave(leaves))
+    info = {"format": "heartjax-checkpoint-1", "step": int(name.split("_")[1]), "metadata": meta, "leaves": records}
+    (slot_dir / name / "metadata.json").write_text(json.dumps(info))
+
+
+def test_old_layout_restores_and_is_replaced_by_the_first_save(tmp_path):
+    old = make_state()
+    write_old_layout(tmp_path / "latest", "step_00000005_000000", make_state(seed=2), {"step": 5})
+    write_old_layout(tmp_path / "latest", "step_00000004_000001", old, {"step": 4})  # the newer save
+    write_old_layout(tmp_path / "best", "step_00000003_000000", {"x": jnp.ones(2)}, {"best": 3})
+    (tmp_path / "latest" / ".tmp_step_00000006_000002_99").mkdir()  # a crashed save of the old code
     c = Checkpointer(tmp_path)
-    c.save("latest", 5, {"x": jnp.ones(2)}, {"step": 5})
-    old = tmp_path / "latest" / "step_00000005_000000"
-    shutil.copytree(old, tmp_path / "keep")
-    c.save("latest", 4, {"x": jnp.zeros(2)}, {"step": 4})  # a later save of a lower step (resumed run)
-    (tmp_path / "keep").rename(old)  # as if the deletion of the older entry never happened
-    assert c.latest_step() == 4  # the save order decides, not the step number
-    assert c.restore("latest", {"x": jnp.ones(2)})[1] == {"step": 4}
+    assert (c.latest_step(), c.latest_step("best")) == (4, 3)
+    restored, meta = c.restore("latest", make_state(seed=1))
+    assert_bitwise_equal(restored, old) and meta == {"step": 4}
+    c.save("latest", 6, restored, {"step": 6})
+    assert [p.name for p in (tmp_path / "latest").iterdir()] == ["step_00000006"]
+    assert c.restore("latest", make_state(seed=1))[1] == {"step": 6}
+    assert c.restore("best", {"x": jnp.zeros(2)})[1] == {"best": 3}  # untouched until "best" is saved
 
 
 def test_corrupt_checkpoint_raises_heartjax_error(tmp_path):
     c = Checkpointer(tmp_path)
-    c.save("best", 7, {"x": jnp.ones(2)}, {})
-    entry = next((tmp_path / "best").iterdir())
-    (entry / "metadata.json").write_text("{not json")
+    c.save("best", 7, {"x": jnp.ones(2)}, {}, metric=0.5)
+    entry = tmp_path / "best" / "step_00000007"
+    (entry / "info" / "metadata").write_text("{not json")
     with pytest.raises(HeartjaxError, match=f"{entry}.*unreadable"):
         c.restore("best", {"x": jnp.ones(2)})
-    (entry / "metadata.json").write_text(json.dumps({"format": "heartjax-checkpoint-1", "step": 7, "metadata": {},
-                                                     "leaves": [{"path": "['x']", "shape": [2], "dtype": "float32"}]}))
+    (entry / "info" / "metadata").write_text(json.dumps({"format": "heartjax-checkpoint-1", "step": 7, "metadata": {},
+                                                         "leaves": [{"path": "['x']", "shape": [2], "dtype": "float32"}]}))
     for f in (entry / "state").rglob("*"):
         if f.is_file():
             f.unlink()
@@ -224,4 +256,4 @@ def test_sigkill_during_saves_leaves_restorable_latest(tmp_path):
     assert meta == {"step": step} and int(state["step"]) == step
     assert np.all(state["w"] == step) and bool(jnp.all(state["b"] == step))
     c.save("latest", step + 1, state, {"step": step + 1})  # the run can go on; leftovers are cleared
-    assert [p.name.startswith(f"step_{step + 1:08d}_") for p in (tmp_path / "latest").iterdir()] == [True]
+    assert [p.name for p in (tmp_path / "latest").iterdir()] == [f"step_{step + 1:08d}"]

@@ -123,7 +123,7 @@ def test_kill_and_resume_equals_uninterrupted(smoke_run, workspace):
     latest = workspace / "run2" / "checkpoints" / "3d" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and any(p.name.startswith("step_") for p in latest.iterdir()):
+        if latest.exists() and any(p.name.startswith("step_") and "tmp" not in p.name for p in latest.iterdir()):
             break
         time.sleep(0.05)
     killed = proc.poll() is None

@@ -8,8 +8,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from heartjax.eval.figures import CLASS_COLORS, orthogonal_slices, overlay_contours, plot_case_montage, plot_dice_bars
-from heartjax.train.tensorboard import SummaryWriter
+from heartjax.eval.figures import (CLASS_COLORS, DISAGREE_COLORS, _disagreement, orthogonal_slices, overlay_contours,
+                                   plot_case_montage, readable_overlay)
+from heartjax.eval.score_figures import dice_range, plot_structure_scores
+from heartjax.train.tensorboard import SummaryWriter, closest_preset, log_test, run_hparams
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -113,14 +115,29 @@ def _assert_png(path):
     return Image.open(path).size
 
 
-def test_plot_dice_bars_writes_png(tmp_path):
-    path = tmp_path / "figs" / "dice.png"
-    means = {"2d": {"LV": 0.9, "RV": 0.8, "Myo": float("nan")}, "3d": {"LV": 0.92, "RV": 0.85, "Myo": 0.7}}
-    out = plot_dice_bars(means, path, title="Dice per structure", sd={"2d": {"LV": 0.05}, "3d": {"RV": 0.1}})
-    assert out == path
-    _assert_png(path)
-    with pytest.raises(ValueError, match="empty"):
-        plot_dice_bars({}, tmp_path / "empty.png")
+def _results(n=6, names=("LV", "RV", "MYO")):
+    rng = np.random.default_rng(0)
+    models = {kind: {"per_case": [{"case": f"c{i}", "dice": {s: 0.85 + shift + 0.02 * rng.normal() for s in names},
+                                   "hd95": {s: 5.0 + rng.normal() for s in names}} for i in range(n)]}
+              for kind, shift in (("2d", 0.0), ("3d", 0.01))}
+    models["2d"]["per_case"][0]["dice"]["RV"] = None  # undefined for one patient: left out, not drawn as 0
+    comparisons = {"3d_minus_2d": {s: {"mean_diff": 0.01, "p_wilcoxon": 0.03} for s in names}}
+    return {"models": models, "label_names": list(names), "comparisons": comparisons}
+
+
+def test_plot_structure_scores_writes_png(tmp_path):
+    path = tmp_path / "figs" / "dice_per_structure.png"
+    assert plot_structure_scores(_results(), path, title="Test Dice and HD95") == path
+    width, height = _assert_png(path)
+    assert width > 1.5 * height  # Dice and HD95 side by side
+    with pytest.raises(ValueError, match="no models"):
+        plot_structure_scores({"models": {}, "label_names": ["LV"]}, tmp_path / "empty.png")
+
+
+def test_dice_range_shows_the_differences():
+    lo, hi = dice_range(np.array([0.91, 0.95, np.nan, 0.97]))
+    assert 0.88 < lo < 0.91 and 1.0 <= hi < 1.01  # from just below the lowest patient to 1, not 0-1.1
+    assert dice_range(np.array([np.nan]))[0] == 0.0
 
 
 def test_plot_case_montage_writes_png(tmp_path):
@@ -133,7 +150,129 @@ def test_plot_case_montage_writes_png(tmp_path):
     path = tmp_path / "case_001.png"
     assert plot_case_montage(image, truth, preds, path, ["LV", "RV"], spacing=(1.0, 1.0, 2.5)) == path
     width, height = _assert_png(path)
-    assert width > height  # four columns, three rows
+    assert width > 1.3 * height  # five columns (scan, truth, 2D, 3D, where they differ), three rows
     with pytest.raises(ValueError, match="2D"):
         plot_case_montage(image, truth, {"2D": truth[:-1]}, tmp_path / "bad.png", ["LV", "RV"])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_disagreement_colours_who_is_right():
+    grey = np.full((1, 4, 3), 100, np.uint8)
+    truth, first, second = np.array([[1, 1, 1, 2]]), np.array([[1, 2, 3, 2]]), np.array([[1, 1, 2, 2]])
+    out = _disagreement(grey, first, second, truth)
+    np.testing.assert_array_equal(out[0], [grey[0, 0], DISAGREE_COLORS[0], DISAGREE_COLORS[2], grey[0, 0]])
+    out = _disagreement(grey, second, first, truth)
+    np.testing.assert_array_equal(out[0, 1], DISAGREE_COLORS[1])
+
+
+def test_readable_overlay_is_upsampled_with_a_legend():
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[3, 4] = (200, 10, 30)
+    out = readable_overlay(rgb, ["LV", "RV", "MYO"])
+    factor = 13  # the smallest whole factor bringing 20 px to at least 256
+    assert out.dtype == np.uint8 and out.shape[1] == 30 * factor and out.shape[0] > 20 * factor
+    np.testing.assert_array_equal(out[3 * factor:4 * factor, 4 * factor:5 * factor], np.broadcast_to(rgb[3, 4], (factor, factor, 3)))
+    legend = out[20 * factor:].reshape(-1, 3)
+    for label in (1, 2, 3):  # a swatch of every structure's colour under the image
+        assert (legend == CLASS_COLORS[label]).all(-1).sum() > 50
+
+
+def test_run_hparams_are_the_changed_keys_plus_identity():
+    from heartjax import experiment
+
+    cfg = experiment.config("smoke", overrides=["seed=3", "optim.lr=0.01"])
+    hp = run_hparams(cfg, "3d")
+    assert (hp["kind"], hp["preset"], hp["seed"], hp["data.seed"]) == ("3d", "smoke", 3, 0)
+    assert hp["optim.lr"] == 0.01 and hp["train.steps"] == 8 and hp["plan.patch_3d"] == [16, 16, 16]
+    assert "optim.name" not in hp  # unchanged from the defaults
+    assert closest_preset(experiment.config("default")) == "default"
+    assert run_hparams(experiment.config("default"), "2d") == {"kind": "2d", "preset": "default", "seed": 0,
+                                                               "data.seed": 0}
+
+
+def test_log_test_writes_clean_metric_tags(tmp_path):
+    result = {"mean_dice": 0.8, "whole_heart_dice": 0.9, "per_structure": {
+        "LV": {"dice_mean": 0.85, "hd95_mean": 4.0}, "RV": {"dice_mean": 0.75, "hd95_mean": None}}}
+    with SummaryWriter(tmp_path) as writer:
+        writer.scalars(5, {"train/loss": 1.0})
+        log_test(writer, result, {"kind": "2d", "preset": "smoke", "plan.patch_2d": [16, 16]}, 0.7)
+    acc = load_events(tmp_path)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    tags = {m.name.tag for m in experiment.metric_infos}
+    assert tags == {"test/mean_dice", "test/whole_heart_dice", "val/best_dice_ema", "test/mean_hd95", "test/dice/LV",
+                    "test/hd95/LV", "test/dice/RV"}
+    assert not any("hparam/" in t for t in tags)
+    assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars("test/mean_hd95")] == [(5, 4.0)]
+
+
+def test_log_hook_throughput_counts_training_time_only():
+    from heartjax.train.hooks import LogHook
+    from heartjax.train.loop import LoopState, Point
+
+    class Writer:
+        def scalars(self, step, values):
+            self.last = values
+
+    times, writer, loop = iter([0.0, 10.0]), Writer(), LoopState()
+    hook = LogHook(writer, 10, clock=lambda: next(times), batch=4)
+    loop.train_seconds = 1.0
+    hook(Point(10, None, {"loss": 1.0, "lr": 0.1}, loop, False))
+    loop.train_seconds = 5.0  # 4 s of training in the 10 s of wall clock between the log points
+    hook(Point(20, None, {"loss": 0.5, "lr": 0.1}, loop, False))
+    assert writer.last["train/steps_per_second"] == pytest.approx(1.0)
+    assert writer.last["train/patches_per_second"] == pytest.approx(10 * 4 / 4.0)
+    assert writer.last["train/lr"] == 0.1
+
+
+def test_validation_loss_matches_the_training_objective():
+    """In eval mode with instance norm and no dropout the network computes what it computes while training, so the
+    validation loss must equal the training loss with the same deep-supervision weights, and change no state."""
+    import functools
+
+    import jax
+    from flax import nnx
+
+    from heartjax.model import losses
+    from heartjax.model.unet import UNet, UNetConfig
+    from heartjax.train.step import LossConfig
+    from heartjax.eval.validation import make_loss_fn
+
+    cfg = UNetConfig(spatial_dims=2, in_channels=1, num_classes=3, features=4, max_features=8, depth=3,
+                     deep_supervision=True, dropout=0.0, norm="instance")
+    graphdef, params, rest = nnx.split(UNet(cfg, rngs=nnx.Rngs(params=jax.random.key(0))), nnx.Param, ...)
+    images = np.asarray(jax.random.normal(jax.random.key(1), (2, 16, 16, 1)))
+    labels = np.asarray(jax.random.randint(jax.random.key(2), (2, 16, 16), 0, 3))
+    loss_cfg = LossConfig()
+    state = {"params": params, "rest": rest}
+    val = float(make_loss_fn(graphdef, loss_cfg)(state, images, labels))
+    outs = nnx.merge(graphdef, params, rest)(images, train=True)
+    assert isinstance(outs, list) and len(outs) == 3
+    fn = functools.partial(losses.dice_ce_loss, lambda_dice=1.0, lambda_ce=1.0)
+    assert val == pytest.approx(float(losses.deep_supervision_loss(outs, labels, fn)), rel=1e-5)
+    assert val != pytest.approx(float(fn(outs[0], labels)), rel=1e-6)  # the lower output is weighted in
+
+
+def test_smoke_run_events_answer_the_questions(tmp_path, monkeypatch):
+    """A 2D smoke run: every tag docs/tensorboard.md lists, with more than one step where it is stepwise."""
+    from heartjax import experiment
+
+    monkeypatch.chdir(tmp_path)
+    cfg = experiment.config("smoke", overrides=["train.models=['2d']"])
+    experiment.run(cfg, tmp_path / "run", log=lambda *a, **k: None)
+    acc = load_events(tmp_path / "run" / "tb" / "2d")
+    steps = {tag: len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+    stepwise = ["train/loss", "train/lr", "train/grad_norm", "train/steps_per_second", "train/patches_per_second",
+                "val/loss", "val/dice", "val/dice_ema", "val/dice/LV", "val/hd95/LV", "val/hd95/MYO"]
+    assert {t: steps.get(t, 0) for t in stepwise} == {t: max(steps.get(t, 0), 2) for t in stepwise}
+    final = ["test/mean_dice", "test/mean_hd95", "test/whole_heart_dice", "test/dice/LV", "test/hd95/LV",
+             "val/best_dice_ema"]
+    assert all(steps.get(t) == 1 for t in final), {t: steps.get(t) for t in final}
+    assert not [t for t in steps if t.startswith("hparams/")]
+    watched = acc.Images("val/overlay")
+    assert len(watched) >= 2 and all(min(e.width, e.height) >= 256 for e in watched)
+    assert min(acc.Images("test/overlay")[0].width, acc.Images("test/overlay")[0].height) >= 256
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert {"kind", "preset", "seed", "data.seed", "train.steps", "plan.patch_2d"} <= set(start.hparams)
+    assert start.hparams["preset"].string_value == "smoke"

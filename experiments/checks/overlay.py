@@ -1,4 +1,5 @@
-"""Montage of one test patient of a run: scan, truth and each model's prediction on the scan's own grid.
+"""Montage of one test patient of a run: scan (orientation letters, 5 cm scale bar), truth, each model's prediction
+on the scan's own grid, and where the first and the last model disagree (coloured by which one is right).
 
     python -m experiments.checks.overlay RUN_DIR [--case CASE] [--out FILE.png]
 

@@ -7,6 +7,8 @@ HParams tab shows every key a variant sets, with the variant, seed and kind). Ev
 
 from __future__ import annotations
 
+import re
+
 import json
 import math
 from pathlib import Path
@@ -131,6 +133,35 @@ def _crossing_lines(a: Mapping, crossings: Mapping, tag: str = "") -> list[str]:
     return ["", f"## Where the curves cross{tag}", "", *lines] if lines else []
 
 
+# Axis names of study x keys in the figure; other keys show their last part ("train.val_patches": "val patches").
+AXIS_NAMES = {"train.steps": "optimiser steps", "data.train_cases": "training patients",
+              "train.max_seconds": "training seconds", "model.features": "channels of the first stage",
+              "optim.lr": "learning rate", "model.depth": "U-Net depth", "plan.batch_3d": "3D batch",
+              "plan.batch_2d": "2D batch"}
+_PHRASES = {"dice_ce": "Dice + CE", "ce": "CE only", "dice": "Dice only", "none": "no augmentation",
+            "full": "full augmentation", "intensity": "intensity only", "spatial": "spatial only"}
+_TOKENS = {"ce": "CE", "ct": "CT", "mri": "MRI", "lr": "left-right", "ap": "front-back", "aug": "augmentation",
+           "adamw": "AdamW", "dice": "Dice", "norm": "norm"}
+
+
+def axis_name(key: str | None) -> str:
+    """A readable name of a config key on a figure's axis: "data.train_cases" -> "training patients"."""
+    return "" if not key else AXIS_NAMES.get(key, key.rsplit(".", 1)[-1].replace("_", " "))
+
+
+def variant_label(name: str) -> str:
+    """A readable variant label: "n16" -> "16 patients", "steps300" -> "300 steps", "ct_to_mri_no_intensity" ->
+    "CT → MRI, no intensity", "mirror_lr" -> "mirror left-right", "dice_ce" -> "Dice + CE"."""
+
+    if name in _PHRASES:
+        return _PHRASES[name]
+    m = re.fullmatch(r"(n|steps)(\d+)", name)
+    if m:
+        return f"{m.group(2)} {'patients' if m.group(1) == 'n' else 'steps'}"
+    text = name.replace("_to_", " → ").replace("_no_", ", no_")
+    return " ".join(_TOKENS.get(t, t) for t in text.split("_")).replace(" ,", ",")
+
+
 def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -153,7 +184,7 @@ def _curves(ax, a: Mapping, scale: Callable[[str], float], xlabel: str) -> None:
             continue
         x = x * scale(kind)
         c = _COLORS[i % len(_COLORS)]
-        ax.errorbar(x, mean, yerr=np.nan_to_num(sd), color=c, marker="o", capsize=3, label=kind)
+        ax.errorbar(x, mean, yerr=np.nan_to_num(sd), color=c, marker="o", capsize=3, label=kind.upper())
         for xi, vals in zip(x, seeds):
             ax.scatter([xi] * len(vals), [np.nan if v is None else v for v in vals], color=c, s=8, alpha=0.5)
     ax.set_xlabel(xlabel)
@@ -175,16 +206,20 @@ def _bars(ax, a: Mapping) -> None:
             if not block or block["mean"] is None:
                 continue
             xi = j - 0.4 + width * (i + 0.5)
-            ax.bar(xi, block["mean"], width, color=c, label=kind if j == 0 else None,
+            ax.bar(xi, block["mean"], width, color=c, label=kind.upper() if j == 0 else None,
                    yerr=block["sd"] or 0, capsize=3, ecolor="black")
             vals = [v for v in block["per_seed"] if v is not None]
             ax.scatter([xi] * len(vals), vals, color="black", s=8, zorder=3)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    labels = [variant_label(n) for n in names]
+    long = max(map(len, labels), default=0) * len(names) > 90  # upright unless the labels would collide
+    ax.set_xticks(range(len(names)), labels, rotation=25 if long else 0, ha="right" if long else "center",
+                  fontsize=9)
     ax.set_ylabel("mean Dice (test)")
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if labels:
-        ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
+        ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over one
 
 
 def plot(a: Mapping, path: Path) -> Path:
@@ -192,10 +227,12 @@ def plot(a: Mapping, path: Path) -> Path:
     step time), else bars per variant and kind; error bars are the sd over seeds, dots the seeds."""
     timed = a["x"] == "train.steps"
     fig = _figure(10.0 if timed else max(5.0, 0.8 * len(a["variants"]) * max(1, len(a["kinds"])) + 2), 4.0)
-    title = f"{a['study']}: mean Dice over seeds ({a['preset']} preset)"
+    title = f"{a['study']} study: mean test Dice over seeds ({a['preset']} preset)"
+    if a.get("description"):
+        title += f"\n{a['description']}"
     if a["x"]:
         ax = fig.add_subplot(1, 2 if timed else 1, 1)
-        _curves(ax, a, lambda k: 1.0, a["x"])
+        _curves(ax, a, lambda k: 1.0, axis_name(a["x"]))
         if timed:
             step = a.get("step_seconds") or {}
             _curves(fig.add_subplot(1, 2, 2), a, lambda k: (step.get(k) or math.nan) / 60,

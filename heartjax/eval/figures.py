@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib.patheffects as pe
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from PIL import Image, ImageDraw, ImageFont
 
 from heartjax import atomic
 
@@ -24,7 +26,6 @@ CLASS_COLORS = np.array(
     ],
     np.uint8,
 )
-_MODEL_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
 
 def _colour(label: int) -> np.ndarray:
@@ -85,6 +86,39 @@ def overlay_contours(image_2d, truth_2d, pred_2d, num_classes: int, window=None)
     return rgb
 
 
+def _font(size: int):
+    """PIL's bundled font at `size` px (a bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def readable_overlay(rgb: np.ndarray, names: Sequence[str], min_size: int = 256,
+                     note: str = "solid: reference, dashed: prediction") -> np.ndarray:
+    """An overlay (``overlay_contours``) for TensorBoard: up-sampled by a whole factor (nearest neighbour, every
+    voxel a square block) until both sides are at least ``min_size`` px, with a legend underneath: one swatch of
+    ``CLASS_COLORS`` per structure (names[i] is label i + 1) and ``note``. Returns uint8 [H', W', 3]."""
+    rgb = np.asarray(rgb, np.uint8)
+    factor = max(1, -(-min_size // max(1, min(rgb.shape[:2]))))
+    big = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+    width, font = big.shape[1], _font(13)
+    items = [(n, tuple(int(v) for v in _colour(i + 1))) for i, n in enumerate(names)]
+    item_w = 14 + max([int(font.getlength(n)) for n in names] + [0]) + 12
+    per_row = max(1, width // max(item_w, 1))
+    rows = -(-len(items) // per_row) + (1 if note else 0)
+    canvas = Image.new("RGB", (width, big.shape[0] + 6 + 18 * rows), (255, 255, 255))
+    canvas.paste(Image.fromarray(big), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for j, (name, colour) in enumerate(items):
+        x, y = 4 + (j % per_row) * item_w, big.shape[0] + 5 + 18 * (j // per_row)
+        draw.rectangle((x, y + 2, x + 10, y + 12), fill=colour)
+        draw.text((x + 14, y), name, fill=(0, 0, 0), font=font)
+    if note:
+        draw.text((4, big.shape[0] + 5 + 18 * (rows - 1)), note, fill=(60, 60, 60), font=font)
+    return np.asarray(canvas, np.uint8)
+
+
 def _filled(grey_rgb: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> np.ndarray:
     """Labels blended over a grey RGB slice, with solid contours."""
     out = grey_rgb.astype(np.float64)
@@ -112,69 +146,62 @@ def orthogonal_slices(volume, centre, spacing=None) -> list[tuple[str, np.ndarra
     return views
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A pyplot-free figure rendered by the Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_png(fig, path) -> Path:
+def save_png(fig, path) -> Path:
     """Write the figure as PNG atomically (heartjax.atomic), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def plot_dice_bars(per_structure: Mapping[str, Mapping[str, float]], path, title: str = "",
-                   sd: Mapping[str, Mapping[str, float]] | None = None) -> Path:
-    """Grouped bar chart of Dice per structure, one bar colour per model, written atomically as PNG.
+# Edge letters of each view as orthogonal_slices draws it: (left, right, top, bottom).
+ORIENTATION = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+# The disagreement column: only the second model right, only the first right, both wrong (and different).
+DISAGREE_COLORS = np.array([(40, 200, 90), (255, 140, 0), (230, 30, 200)], np.uint8)
 
-    Args:
-      per_structure: {model: {structure: mean Dice}}, e.g. {"2d": {"LV": 0.9, ...}, "3d": {...}}. Missing or
-        NaN values leave a gap.
-      path: output .png path (parents created).
-      title: figure title.
-      sd: optional {model: {structure: standard deviation}} drawn as error bars.
-    Returns:
-      the written path.
-    """
-    if not per_structure:
-        raise ValueError("plot_dice_bars: per_structure is empty")
-    models = list(per_structure)
-    structures = list(dict.fromkeys(s for m in models for s in per_structure[m]))
-    fig = _new_figure(max(4.0, 0.55 * len(structures) * max(1, len(models)) + 1.5), 3.6)
-    ax = fig.add_subplot()
-    x = np.arange(len(structures))
-    width = 0.8 / len(models)
-    for k, model in enumerate(models):
-        values = np.array([per_structure[model].get(s, np.nan) for s in structures], np.float64)
-        errors = np.array([(sd or {}).get(model, {}).get(s, np.nan) for s in structures], np.float64)
-        offset = x - 0.4 + width * (k + 0.5)
-        ax.bar(offset, np.nan_to_num(values), width, label=model, color=_MODEL_COLORS[k % len(_MODEL_COLORS)])
-        ok = np.isfinite(values) & np.isfinite(errors)
-        if ok.any():
-            ax.errorbar(offset[ok], values[ok], yerr=errors[ok], fmt="none", ecolor="black", capsize=2, lw=0.8)
-        for xi, v, e in zip(offset, values, np.nan_to_num(errors)):
-            ax.text(xi, (v + e if np.isfinite(v) else 0) + 0.01, f"{v:.2f}" if np.isfinite(v) else "n/a",
-                    ha="center", va="bottom", fontsize=6, rotation=90)
-    ax.set_xticks(x, structures)
-    ax.set_ylim(0, 1.12)
-    ax.set_ylabel("Dice")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    if title:
-        ax.set_title(title)
-    return _save_png(fig, path)
+
+def _disagreement(grey_rgb: np.ndarray, first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Voxels where two label slices differ, coloured by who is right (DISAGREE_COLORS), over the grey slice."""
+    out = grey_rgb.copy()
+    differ = first != second
+    for colour, mask in zip(DISAGREE_COLORS, (differ & (second == truth), differ & (first == truth),
+                                              differ & (first != truth) & (second != truth))):
+        out[mask] = colour
+    return out
+
+
+def _annotate(ax, view: str, shape: tuple[int, int], col_mm: float) -> None:
+    """Orientation letters at the four edges and a 5 cm scale bar (1 cm when 5 cm does not fit) at bottom right."""
+    rows, cols = shape
+    outline = [pe.withStroke(linewidth=2, foreground="black")]
+    left, right, top, bottom = ORIENTATION[view]
+    for text, x, y, ha, va in ((left, 0.02, 0.5, "left", "center"), (right, 0.98, 0.5, "right", "center"),
+                               (top, 0.5, 0.98, "center", "top"), (bottom, 0.5, 0.02, "center", "bottom")):
+        ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="white", fontsize=9, fontweight="bold",
+                path_effects=outline)
+    cm = 5 if 50.0 / col_mm <= 0.6 * cols else 1
+    length = 10.0 * cm / col_mm
+    x1, y = cols - 0.5 - 0.05 * cols, rows - 0.5 - 0.07 * rows
+    ax.plot([x1 - length, x1], [y, y], color="white", lw=3, solid_capstyle="butt", path_effects=outline)
+    ax.text(x1 - length / 2, y - 0.03 * rows, f"{cm} cm", ha="center", va="bottom", color="white", fontsize=8,
+            path_effects=outline)
 
 
 def plot_case_montage(image, truth, preds: Mapping[str, np.ndarray], path, names: Sequence[str],
                       spacing=None, title: str = "") -> Path:
-    """One patient as a 3 x (2 + len(preds)) montage, written atomically as PNG.
+    """One patient as a 3 x (2 + len(preds) [+ 1]) montage, written atomically as PNG.
 
     Rows: axial, coronal and sagittal slices through the centre of the reference foreground (the volume centre
-    when it is empty), radiological orientation (see ``orthogonal_slices``), aspect from ``spacing``. Columns:
-    scan, truth, then each prediction, labels filled in ``CLASS_COLORS`` with solid contours.
+    when it is empty), radiological orientation (see ``orthogonal_slices``) with the edges lettered (R/L, A/P, S/I),
+    aspect from ``spacing``. Columns: scan (with a 5 cm scale bar), truth, then each prediction, labels filled in
+    ``CLASS_COLORS`` with solid contours; with two or more predictions, a last column shows where the first and
+    the last disagree, coloured by which of them is right there (``DISAGREE_COLORS``).
 
     Args:
       image: float [X, Y, Z] scan in RAS order.
@@ -182,7 +209,7 @@ def plot_case_montage(image, truth, preds: Mapping[str, np.ndarray], path, names
       preds: {column title: int [X, Y, Z] labels}, e.g. {"2D": ..., "3D": ...}.
       path: output .png path (parents created).
       names: structure names of labels 1..K (names[i] is label i + 1), used for the legend.
-      spacing: voxel size in mm (sx, sy, sz); None means isotropic.
+      spacing: voxel size in mm (sx, sy, sz); None means 1 mm isotropic.
       title: optional figure title.
     Returns:
       the written path.
@@ -196,15 +223,20 @@ def plot_case_montage(image, truth, preds: Mapping[str, np.ndarray], path, names
     fg = np.argwhere(truth > 0)
     centre = np.round(fg.mean(axis=0)).astype(int) if len(fg) else np.array(image.shape) // 2
     window = tuple(np.percentile(np.nan_to_num(image.astype(np.float64)), (0.5, 99.5)))
-    scan_views = orthogonal_slices(image, centre, spacing)
     label_views = {key: orthogonal_slices(vol, centre, spacing) for key, vol in columns.items()}
-
-    ncols = 1 + len(columns)
-    fig = _new_figure(2.4 * ncols, 2.4 * 3 + 0.6)
+    keys = list(preds)  # the disagreement column compares the first and the last prediction, e.g. 2D and 3D
+    pair = [k.split(" ")[0].upper() for k in (keys[0], keys[-1])] if len(keys) > 1 else []
+    ncols = 2 + len(preds) + bool(pair)
+    fig = new_figure(2.4 * ncols, 2.4 * 3 + 0.9)
     axes = fig.subplots(3, ncols, squeeze=False)
-    for row, (view, cut, aspect) in enumerate(scan_views):
+    sx, sy, _ = spacing if spacing is not None else (1.0, 1.0, 1.0)
+    for row, (view, cut, aspect) in enumerate(orthogonal_slices(image, centre, spacing)):
         grey = _grey(cut, window)
         panels = [("scan", grey)] + [(k, _filled(grey, v[row][1], num_classes)) for k, v in label_views.items()]
+        if pair:
+            first, last = label_views[keys[0]][row][1], label_views[keys[-1]][row][1]
+            panels.append((f"where {pair[0]} and {pair[1]} differ",
+                           _disagreement(grey, first, last, label_views["truth"][row][1])))
         for col, (heading, rgb) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(rgb, aspect=aspect, interpolation="nearest")
@@ -213,10 +245,21 @@ def plot_case_montage(image, truth, preds: Mapping[str, np.ndarray], path, names
             if row == 0:
                 ax.set_title(heading, fontsize=9)
             if col == 0:
-                ax.set_ylabel(f"{view} ({centre[2 - row]})", fontsize=9)
-    handles = [Patch(color=_colour(i + 1) / 255.0, label=n) for i, n in enumerate(names)]
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=7)
+                ax.set_ylabel(f"{view} (slice {centre[2 - row]})", fontsize=9)
+                _annotate(ax, view, cut.shape, float(sy if view == "sagittal" else sx))
+    _montage_legend(fig, names, pair)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
+    return save_png(fig, path)
+
+
+def _montage_legend(fig, names: Sequence[str], pair: Sequence[str]) -> None:
+    """The structures' colours and, with a disagreement column, its three colours, under the montage."""
+
+    handles = [Patch(color=_colour(i + 1) / 255.0, label=n) for i, n in enumerate(names)]
+    if pair:
+        a, b = pair
+        handles += [Patch(color=c / 255.0, label=t) for c, t in zip(
+            DISAGREE_COLORS, (f"only {b} right", f"only {a} right", "both wrong"))]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=8)

@@ -31,7 +31,8 @@ from heartjax.data.io import images
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
 from heartjax.eval import report
-from heartjax.eval.figures import plot_case_montage, plot_dice_bars
+from heartjax.eval.figures import plot_case_montage
+from heartjax.eval.score_figures import plot_structure_scores
 from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
 from heartjax.experiment import specs
@@ -166,8 +167,8 @@ def _write_figures(workdir: Path, results: Results, prep: Prepared) -> None:
 
     names, figs = results.label_names, RunFolder(workdir).figures
     figs.mkdir(exist_ok=True)
-    plot_dice_bars({k: {n: (m.per_structure[n].dice_mean or 0.0) for n in names} for k, m in results.models.items()},
-                   figs / "dice_per_structure.png", title=f"Test Dice per structure ({results.dataset})")
+    plot_structure_scores(results.to_json(), figs / "dice_per_structure.png",
+                          title=f"Test Dice and HD95 per structure ({results.dataset})")
     store, ids = prep.scored
     case = ids[0]
     vol = store.volume(case)

@@ -20,11 +20,10 @@ from heartjax.config import Config
 from heartjax.data.io import images
 from heartjax.data import preprocess
 from heartjax.eval import postprocess, scoring
-from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
 from heartjax.eval.results import ModelResult
-from heartjax.eval.figures import overlay_contours
+from heartjax.eval.figures import overlay_contours, readable_overlay
 from heartjax.train.parallel import DataParallel, Feed
-from heartjax.train.tensorboard import NullWriter, SummaryWriter
+from heartjax.train.tensorboard import NullWriter, SummaryWriter, log_test, run_hparams
 from heartjax.model.augment import make_augment
 from heartjax.experiment.specs import ModelSpec
 from heartjax.paths import RunFolder
@@ -33,43 +32,7 @@ from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.hooks import CheckpointHook, EvalHook, LogHook, ProgressHook
 from heartjax.train.loop import LoopState, fit
 from heartjax.train.step import create_train_state, make_optimizer, make_predict_fn, make_train_step, weights
-
-
-def make_val_fn(spec: ModelSpec, predict: Callable, cases, cfg: Config, names) -> Callable:
-    """Validation on fixed patches of the validation patients (nnU-Net's pseudo-Dice): state -> metrics.
-
-    Uses the inference batch, so it shares the compiled predict function with whole-volume inference.
-    """
-    sampler = spec.sampler(cases, rng.seed_for(cfg.data.seed, f"val/{spec.name}"), 0.5, batch=spec.infer_batch)
-    batches = [sampler.batch(i) for i in range(max(1, cfg.train.val_patches // spec.infer_batch))]
-    k = len(names) + 1
-    watch = int(np.argmax([(lbl > 0).sum() for lbl in batches[0][1]]))  # the first batch's most-foreground sample
-
-    def val_fn(state):
-        total, overlay = None, None
-        for i, (img, lbl) in enumerate(batches):
-            pred = np.asarray(predict(state, img)).argmax(-1)
-            c = jax.device_get(confusion_counts(pred, lbl.astype(np.int32), k))
-            total = c if total is None else add_counts(total, c)
-            if i == 0:
-                overlay = _watch_overlay(img[watch], lbl[watch], pred[watch], k)
-        m = case_metrics(total, names)
-        dice = [v for v in m["dice"].values() if np.isfinite(v)]
-        return {"dice": float(np.mean(dice)) if dice else 0.0, **{f"dice/{n}": v for n, v in m["dice"].items()},
-                "overlay": overlay}
-
-    return val_fn
-
-
-def _watch_overlay(image, label, pred, num_classes: int) -> np.ndarray:
-    """The validation sample TensorBoard watches: its centre slice (3D patches: along the last axis; several input
-    channels: the centre one) with the reference and the prediction as contours."""
-    image, label, pred = np.asarray(image), np.asarray(label), np.asarray(pred)
-    image = image[..., image.shape[-1] // 2]
-    if label.ndim == 3:
-        mid = label.shape[2] // 2
-        image, label, pred = image[:, :, mid], label[:, :, mid], pred[:, :, mid]
-    return overlay_contours(image, label.astype(np.int32), pred.astype(np.int32), num_classes)
+from heartjax.eval.validation import make_loss_fn, make_val_fn, patch_spacing
 
 
 def _abstract(tree, sharding):
@@ -100,9 +63,10 @@ def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writ
     feed = Feed(spec.sampler([prep.pre[i] for i in prep.split["train"]], rng.seed_for(cfg.seed, f"sample/{spec.name}"),
                              cfg.sampling.fg_fraction), parallel)
     names = list(prep.ds.scheme.names)
-    val_fn = make_val_fn(spec, predict, [prep.pre[i] for i in prep.split["val"]], cfg, names)
+    val_fn = make_val_fn(spec, predict, [prep.pre[i] for i in prep.split["val"]], cfg, names,
+                         patch_spacing(prep.plan, spec.slice_axis), make_loss_fn(graphdef, cfg.loss, parallel))
     hooks = [ProgressHook(f"train {spec.name}", loop.step, t.log_every, enabled=parallel.primary),
-             LogHook(writer, t.log_every),
+             LogHook(writer, t.log_every, batch=spec.batch),
              EvalHook(val_fn, t.eval_every, t.ema_decay, writer), CheckpointHook(ckpt, t.eval_every)]
     budget = StepBudget(t.max_seconds, t.steps) if t.max_seconds else None
     key = parallel.replicate(rng.key(cfg.seed, f"train/{spec.name}"))
@@ -155,9 +119,9 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         if i == 0:
             axis = prep.plan.slice_axis
             mid = int(np.argmax((pre.label > 0).sum(axis=tuple(a for a in range(3) if a != axis))))
-            take = lambda a: np.take(a, mid, axis=axis)
-            writer.image(loop.step, "test/overlay", overlay_contours(take(pre.image), take(pre.label),
-                                                                     take(np.argmax(probs, -1)), scheme.num_classes))
+            take = lambda a: np.take(a, mid, axis=axis)[::-1, ::-1].T  # radiological, as the montage
+            writer.image(loop.step, "test/overlay", readable_overlay(overlay_contours(
+                take(pre.image), take(pre.label), take(np.argmax(probs, -1)), scheme.num_classes), names))
     result = scoring.model_results(per_case, names, {
         "steps": loop.step, "train_seconds": loop.train_seconds,
         "infer_seconds_per_case": float(np.mean(infer_seconds)), "best_step": int(loop.best_step),
@@ -167,11 +131,6 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     pp = scoring.model_results(per_case_pp, names)
     result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"],
                                         "per_case": pp["per_case"]}
-    writer.scalars(loop.step, {f"test/dice/{n}": v["dice_mean"] for n, v in result["per_structure"].items()
-                               if v["dice_mean"] is not None})
-    hp = {"kind": kind, "features": spec.unet.features, "steps": loop.step, "lr": cfg.optim.lr,
-          "optimizer": cfg.optim.name, "seed": cfg.seed}
-    writer.hparams(hp, {"hparam/test_mean_dice": result["mean_dice"] or 0.0,
-                        "hparam/test_whole_heart_dice": result["whole_heart_dice"] or 0.0})
+    log_test(writer, result, run_hparams(cfg, kind), loop.best_ema)
     writer.close()
     return ModelResult.from_json(kind, result)

@@ -256,7 +256,8 @@ class UNet(nnx.Module):
 
     Call: `model(x, train=False, key=None)` with x float [B, *spatial, in_channels]. Returns float32 logits
     [B, *spatial, num_classes], or with deep supervision while training a list of logits from full resolution
-    down to the second-lowest decoder resolution. `key` feeds dropout and is needed only when training with dropout.
+    down to the second-lowest decoder resolution (also in eval mode with `all_outputs`, for a validation loss weighted
+    as in training). `key` feeds dropout and is needed only when training with dropout.
     """
 
     def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
@@ -279,7 +280,7 @@ class UNet(nnx.Module):
         # Only the full-resolution head is used without deep supervision; the others stay tiny and unused.
         self.heads = nnx.List(heads if cfg.deep_supervision else heads[-1:])
 
-    def __call__(self, x, train: bool = False, key=None):
+    def __call__(self, x, train: bool = False, key=None, all_outputs: bool = False):
         cfg = self.cfg
         if x.ndim != cfg.spatial_dims + 2 or x.shape[-1] != cfg.in_channels:
             raise HeartjaxError(
@@ -303,7 +304,7 @@ class UNet(nnx.Module):
                 h = block(h, train, keys.pop())
             if cfg.deep_supervision:
                 outs.append(self.heads[j](h).astype(jnp.float32))
-        if cfg.deep_supervision and train:
+        if cfg.deep_supervision and (train or all_outputs):
             return outs[::-1]
         return self.heads[-1](h).astype(jnp.float32)
 

@@ -1,31 +1,26 @@
-"""Checkpoints of a train state: two slots per run ("latest" and "best"), each keeping only its newest save.
+"""Checkpoints of a train state in two slots per run, "latest" and "best", each an orbax ``CheckpointManager``.
 
-The only module that imports orbax. Layout of one checkpoint directory (e.g. ``RUN/checkpoints/2d``)::
+The only module that imports orbax. Layout (docs/checkpoints.md): ``SLOT/step_00000120/{state,info}``, orbax's
+arrays and our JSON (step, caller metadata, leaf paths/shapes/dtypes); "best" entries add ``metrics``. orbax
+commits atomically (a save is written to ``step_N.orbax-checkpoint-tmp-*`` and renamed when complete, so a
+process killed at any point leaves the previous or the new checkpoint; leftovers go when the slot is next
+opened), keeps the newest "latest" and the "best" with the highest validation Dice (``best_fn``), saves
+collectively in a multi-process run (every process calls `save`), and restores on any device count (the
+target's shardings). Saves are asynchronous on accelerators (the commit finishes in the background; `restore`,
+`latest_step`, `wait`, `close` and interpreter exit wait for it), synchronous on the CPU.
 
-    latest/step_00000120_000007/state/          orbax (tensorstore) arrays, one per pytree leaf
-    latest/step_00000120_000007/metadata.json   step, caller metadata, leaf paths/shapes/dtypes
-    best/step_00000100_000003/...
-
-The last number counts saves in the slot, so re-saving the same step still produces a newer entry.
-
-Atomicity: a save is written to a hidden ``.tmp_*`` directory beside the committed ones and renamed into place
-only when complete; older entries are then renamed to a hidden ``.old_*`` name and deleted. A process killed at
-any point (SIGKILL included) therefore leaves the previous checkpoint, or the new one, restorable; hidden
-leftovers are ignored and removed by the next save. Durability against power loss additionally depends on the
-filesystem (metadata.json and the rename are fsynced; orbax's array files are not). One writer per directory,
-in one process; a multi-process run saves collectively (every process calls `save`; orbax writes the arrays,
-process 0 the metadata and the commit) and restores on any device count (the target's shardings).
-
-The pytree is flattened before it reaches orbax, so any pytree works (dicts, dataclasses, NNX states, optax
-states). Typed PRNG keys (``jax.random.key``) are stored as ``jax.random.key_data`` plus the implementation
-name and wrapped back on restore; Python and NumPy scalars are stored as 0-d arrays and returned as the type of
-the abstract leaf.
+A save at or below a slot's saved steps (a resumed run retracing a killed one) first deletes those saves (an
+abandoned timeline). The layout before orbax's manager (``SLOT/step_00000120_000007/{state,metadata.json}``)
+still restores; the first save into such a slot removes it. The pytree is flattened before it reaches orbax, so
+any pytree works: typed PRNG keys are stored as key data plus the implementation name, Python and NumPy scalars
+as 0-d arrays (returned as the abstract leaf's type).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
-import os
+import math
 import re
 import shutil
 from pathlib import Path
@@ -37,11 +32,11 @@ import orbax.checkpoint as ocp
 
 from heartjax.errors import HeartjaxError
 from heartjax.train.leaves import check_match, convert_restored, flatten, restore_targets
-from heartjax.train.parallel import sync
 
 SLOTS = ("latest", "best")
 _FORMAT = "heartjax-checkpoint-1"
-_ENTRY = re.compile(r"^step_(\d+)_(\d+)$")
+_OLD_ENTRY = re.compile(r"^step_(\d+)_(\d+)$")  # the hand-written layout before CheckpointManager: step, save number
+_METRIC = "val_dice"
 
 
 def _json_default(obj):
@@ -55,169 +50,169 @@ def _json_default(obj):
     raise TypeError(f"checkpoint metadata: {type(obj).__name__} is not JSON-serialisable")
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory entry (rename) on POSIX filesystems."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_info(entry: Path) -> dict:
-    """A checkpoint's metadata.json, checked for its format."""
-    try:
-        info = json.loads((entry / "metadata.json").read_text())
-        if info.get("format") != _FORMAT:
-            raise ValueError(f"unknown format {info.get('format')!r}")
-    except (OSError, ValueError) as err:
-        raise HeartjaxError(
-            f"checkpoint {entry} is unreadable ({err}). Delete it to fall back to no checkpoint, "
-            f"or start without --resume."
-        ) from err
-    return info
-
-
 class Checkpointer:
     """Saves and restores a train state in the "latest" and "best" slots of one directory.
 
     Args:
       directory: checkpoint folder of one model run, e.g. ``RUN/checkpoints/2d``. Created (with its slots) on
         the first save, so pointing a reader at a mistyped path creates nothing.
+      asynchronous: save in the background; default: on accelerators only (the CPU saves synchronously).
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, asynchronous: bool | None = None):
         self.directory = Path(directory).absolute()  # orbax refuses relative paths
-        self._orbax = ocp.Checkpointer(ocp.StandardCheckpointHandler())  # synchronous: save returns when done
+        self.asynchronous = jax.default_backend() != "cpu" if asynchronous is None else asynchronous
+        self._managers: dict[str, ocp.CheckpointManager] = {}
         self._closed = False
+        if self.asynchronous:
+            atexit.register(self.close)  # a pending save commits before the interpreter exits
 
     def _slot_dir(self, slot: str) -> Path:
         if slot not in SLOTS:
             raise ValueError(f"checkpoint slot must be one of {SLOTS}, got {slot!r}")
         return self.directory / slot
 
-    def _entries(self, slot: str) -> list[tuple[int, int, Path]]:
-        """Committed entries of a slot as (save number, step, path), oldest first."""
+    def _manager(self, slot: str, create: bool = False) -> ocp.CheckpointManager | None:
+        """The slot's manager; None when the slot folder does not exist and `create` is False."""
         slot_dir = self._slot_dir(slot)
-        if not slot_dir.is_dir():
-            return []
-        found = []
-        for child in slot_dir.iterdir():
-            match = _ENTRY.match(child.name)
-            if match and child.is_dir():
-                found.append((int(match.group(2)), int(match.group(1)), child))
+        if slot not in self._managers:
+            if not create and not slot_dir.is_dir():
+                return None
+            best = {"best_fn": lambda m: m[_METRIC], "best_mode": "max",
+                    "keep_checkpoints_without_metrics": False} if slot == "best" else {}
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1, step_prefix="step", step_format_fixed_length=8, create=True,
+                cleanup_tmp_directories=True, enable_async_checkpointing=self.asynchronous, **best)
+            self._managers[slot] = ocp.CheckpointManager(slot_dir, options=options)
+        return self._managers[slot]
+
+    def _old_entries(self, slot: str) -> list[tuple[int, int, Path]]:
+        """Entries of the layout before CheckpointManager as (save number, step, path), oldest first."""
+        slot_dir = self._slot_dir(slot)
+        found = [(int(m.group(2)), int(m.group(1)), p) for p in (slot_dir.iterdir() if slot_dir.is_dir() else ())
+                 if (m := _OLD_ENTRY.match(p.name)) and (p / "metadata.json").is_file()]
         return sorted(found)
 
-    def save(self, slot: str, step: int, state: Any, metadata: dict) -> None:
-        """Write ``state`` (any pytree of arrays/scalars/typed keys) and JSON ``metadata`` as the newest save of
-        ``slot`` ("latest" or "best"), then delete the slot's older saves. Blocks until the checkpoint is
-        committed; a crash at any point leaves the previous or the new checkpoint restorable. ``metadata`` comes
-        back from ``restore`` as JSON gives it (tuples become lists; NumPy scalars become Python numbers).
+    def save(self, slot: str, step: int, state: Any, metadata: dict, metric: float | None = None) -> None:
+        """Write ``state`` (any pytree of arrays/scalars/typed keys) and JSON ``metadata`` as a save of ``slot``.
+
+        "latest" keeps its newest save; "best" the save with the highest ``metric`` (default:
+        ``metadata["best_ema"]``, the loop state's validation Dice EMA). The save commits atomically (a crash
+        leaves the previous or the new checkpoint restorable); synchronous saves return when committed.
+        ``metadata`` comes back from ``restore`` as JSON gives it (tuples become lists, NumPy scalars numbers).
         """
         if self._closed:
             raise RuntimeError("Checkpointer.save called after close()")
-        slot_dir = self._slot_dir(slot)
-        primary, multi = jax.process_index() == 0, jax.process_count() > 1
-        if primary:
-            slot_dir.mkdir(parents=True, exist_ok=True)
-            for child in slot_dir.iterdir():  # leftovers of a crashed save or an interrupted delete
-                if child.name.startswith((".tmp_", ".old_")):
-                    shutil.rmtree(child, ignore_errors=True)
-
+        if self._slot_dir(slot).name == "best":
+            metric = metadata.get("best_ema") if metric is None else metric
+            if metric is None:
+                raise ValueError('a "best" save needs its validation Dice: metric=... or metadata["best_ema"]')
+            metric = float(metric) if math.isfinite(float(metric)) else -math.inf
         leaves, records = flatten(state)
-
         info = {"format": _FORMAT, "step": int(step), "metadata": metadata, "leaves": records}
-        text = json.dumps(info, indent=1, default=_json_default)  # fail before writing anything
-        entries = self._entries(slot)
-        seq = entries[-1][0] + 1 if entries else 0
-        name = f"step_{int(step):08d}_{seq:06d}"
-        # Several processes write one checkpoint together: the same temporary name, orbax's collective save of
-        # the arrays, then process 0 alone writes the metadata and commits (barriers in between).
-        tmp = slot_dir / (f".tmp_{name}" if multi else f".tmp_{name}_{os.getpid()}")
-        try:
-            if primary:
-                tmp.mkdir()
-            sync(f"ckpt-{slot}-{name}-open")
-            if leaves:  # orbax refuses an empty tree
-                self._orbax.save(tmp / "state", args=ocp.args.StandardSave(leaves))
-            if primary:
-                with open(tmp / "metadata.json", "w") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                _fsync_dir(tmp)
-                os.rename(tmp, slot_dir / name)  # the commit point
-        except BaseException:
-            if primary:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        sync(f"ckpt-{slot}-{name}-committed")
-        if not primary:
-            return
-        _fsync_dir(slot_dir)
-        for _, _, old in entries:  # rename first so a half-deleted entry is never taken for a checkpoint
-            trash = slot_dir / f".old_{old.name}_{os.getpid()}"
-            os.rename(old, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        info = json.loads(json.dumps(info, default=_json_default))  # fail before writing anything
+        manager = self._manager(slot, create=True)
+        manager.wait_until_finished()
+        for stale in [s for s in manager.all_steps() if s >= step]:  # an abandoned timeline's saves
+            manager.delete(stale)
+        items = {"info": ocp.args.JsonSave(info)}
+        if leaves:  # orbax refuses an empty tree
+            items["state"] = ocp.args.StandardSave(leaves)
+        old = [p for *_, p in self._old_entries(slot)]  # listed by every process before anyone removes them
+        manager.save(int(step), args=ocp.args.Composite(**items), force=True,
+                     metrics={_METRIC: metric} if slot == "best" else None)
+        if old:  # the new save replaces the old layout once it has committed
+            manager.wait_until_finished()
+        if old and jax.process_index() == 0:
+            for path in old:
+                path.rename(path.with_name(f".old_{path.name}"))  # never taken for a checkpoint half-deleted
+            for path in self._slot_dir(slot).iterdir():  # and the old layout's leftovers
+                if path.name.startswith((".old_step_", ".tmp_step_")):
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def _newest(self, slot: str) -> tuple[int, Path] | tuple[None, Path | None]:
+        """(step, folder) of the save `restore` reads: the manager's, else the old layout's newest, else None."""
+        manager = self._manager(slot)
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.reload()  # another process (or a resumed run) may have written since
+            steps = manager.all_steps()
+            if steps:
+                best = manager.best_step() if slot == "best" else None
+                step = max(steps) if best is None else best
+                return step, self._slot_dir(slot) / f"step_{step:08d}"
+        old = self._old_entries(slot)
+        return (old[-1][1], old[-1][2]) if old else (None, None)
 
     def latest_step(self, slot: str = "latest") -> int | None:
-        """Step of the newest committed save in ``slot``, or None if the slot holds none."""
-        entries = self._entries(slot)
-        return entries[-1][1] if entries else None
+        """Step of the save ``restore`` would read from ``slot``, or None if the slot holds none."""
+        return self._newest(slot)[0]
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves have committed."""
+        for manager in self._managers.values():
+            manager.wait_until_finished()
+
+    def _read(self, slot: str, step: int, entry: Path, targets: dict | None) -> dict:
+        """The saved info (targets None) or the leaves read into `targets`, from either layout."""
+        if entry.name != f"step_{step:08d}":  # the layout before CheckpointManager
+            if targets is None:
+                return json.loads((entry / "metadata.json").read_text())
+            reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+            try:
+                return reader.restore(entry / "state", args=ocp.args.StandardRestore(targets))
+            finally:
+                reader.close()
+        item = {"info": ocp.args.JsonRestore()} if targets is None else {"state": ocp.args.StandardRestore(targets)}
+        return self._manager(slot).restore(step, args=ocp.args.Composite(**item))["info" if targets is None
+                                                                                  else "state"]
 
     def restore(self, slot: str, abstract_state: Any) -> tuple[Any, dict]:
-        """Restore the newest save of ``slot`` into the structure of ``abstract_state``.
+        """Restore the save of ``slot`` ("latest": the newest; "best": the best) into ``abstract_state``.
 
         Args:
           slot: "latest" or "best".
-          abstract_state: a pytree with the structure, shapes and dtypes of the saved state: the live state,
-            or ``jax.eval_shape`` of its constructor. Leaves that are jax arrays or ShapeDtypeStructs come back
-            as jax arrays (on the leaf's sharding when it has one), NumPy leaves as NumPy, Python scalars as
-            Python scalars, typed-key leaves as typed keys.
+          abstract_state: a pytree with the structure, shapes and dtypes of the saved state (the live state or
+            ``jax.eval_shape`` of its constructor). Each leaf comes back as its abstract leaf's type: jax arrays
+            (on the leaf's sharding when it has one), NumPy arrays and scalars, Python scalars, typed keys.
         Returns:
           (state, metadata): the restored pytree, bitwise equal to what was saved, and the caller's metadata dict.
           Where an abstract dtype differs from the saved one (a Python int saved as int64 and an eval_shape
           target of int32), the values are cast only if the cast is exact.
         Raises:
-          HeartjaxError naming the directory when there is no checkpoint, it is unreadable, or its leaves do not
+          HeartjaxError naming the folder when there is no checkpoint, it is unreadable, or its leaves do not
           match ``abstract_state`` (paths, shapes, key types, or dtypes that would change values).
         """
-        slot_dir = self._slot_dir(slot)
-        entries = self._entries(slot)
-        if not entries:
+        step, entry = self._newest(slot)
+        if step is None:
             raise HeartjaxError(
-                f"no {slot!r} checkpoint in {slot_dir}: the folder is missing or holds no completed save. "
-                f"Start without --resume, or point the run directory at a run that has checkpoints."
-            )
-        entry = entries[-1][2]
-        info = _read_info(entry)
-
-        paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
-        records = info["leaves"]
-        check_match(entry, records, paths_leaves)
-
-        targets = restore_targets(paths_leaves, records)
+                f"no {slot!r} checkpoint in {self._slot_dir(slot)}: the folder is missing or holds no completed "
+                f"save. Start without --resume, or point the run directory at a run that has checkpoints.")
         try:
-            raw = self._orbax.restore(entry / "state", args=ocp.args.StandardRestore(targets)) if targets else {}
+            info = self._read(slot, step, entry, None)
+            if info.get("format") != _FORMAT:
+                raise ValueError(f"unknown format {info.get('format')!r}")
+        except Exception as err:  # orbax raises many types for a missing or corrupt item
+            raise HeartjaxError(f"checkpoint {entry} is unreadable ({type(err).__name__}: {err}). Delete it to "
+                                f"fall back to no checkpoint, or start without --resume.") from err
+        paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+        check_match(entry, info["leaves"], paths_leaves)
+        targets = restore_targets(paths_leaves, info["leaves"])
+        try:
+            raw = self._read(slot, step, entry, targets) if targets else {}
         except Exception as err:  # orbax/tensorstore raise many types for missing or corrupt files
-            raise HeartjaxError(
-                f"checkpoint {entry} could not be read ({type(err).__name__}: {err}). Delete it, or start "
-                f"without --resume."
-            ) from err
-
-        restored = convert_restored(entry, raw, records, paths_leaves)
+            raise HeartjaxError(f"checkpoint {entry} could not be read ({type(err).__name__}: {err}). Delete it, "
+                                f"or start without --resume.") from err
+        restored = convert_restored(entry, raw, info["leaves"], paths_leaves)
         return jax.tree_util.tree_unflatten(treedef, restored), info["metadata"]
 
     def close(self) -> None:
-        """Release orbax resources; the object cannot save afterwards."""
+        """Wait for pending saves and release orbax resources; the object cannot save afterwards."""
         if not self._closed:
-            self._orbax.close()
             self._closed = True
+            for manager in self._managers.values():
+                manager.close()
+            atexit.unregister(self.close)  # a no-op when synchronous
 
     def __enter__(self) -> "Checkpointer":
         return self

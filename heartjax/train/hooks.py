@@ -33,11 +33,13 @@ class ProgressHook(Hook):
 
 
 class LogHook(Hook):
-    """Training metrics as TensorBoard scalars `train/<name>`, with `train/steps_per_second` (since the previous
-    log point, evaluation and saving included) and `train/eta_minutes` (to the planned last step)."""
+    """Training metrics as TensorBoard scalars `train/<name>` (loss, grad_norm, lr), with `train/steps_per_second`
+    (wall clock since the previous log point, evaluation and saving included), `train/eta_minutes` (to the planned
+    last step at that rate) and, given the global `batch`, `train/patches_per_second` (training time only: the
+    train step and the input pipeline, without evaluation and saving)."""
 
-    def __init__(self, writer, every: int, clock: Callable[[], float] = time.perf_counter):
-        self.writer, self.every, self.clock = writer, every, clock
+    def __init__(self, writer, every: int, clock: Callable[[], float] = time.perf_counter, batch: int | None = None):
+        self.writer, self.every, self.clock, self.batch = writer, every, clock, batch
         self.total, self.last = None, None
 
     def on_plan(self, steps: int) -> None:
@@ -45,19 +47,21 @@ class LogHook(Hook):
 
     def __call__(self, point: Point) -> None:
         values = {f"train/{k}": v for k, v in point.metrics.items()}
-        now = self.clock()
+        now, trained = self.clock(), point.loop.train_seconds
         if self.last is not None and now > self.last[0] and point.step > self.last[1]:
             rate = (point.step - self.last[1]) / (now - self.last[0])
             values["train/steps_per_second"] = rate
             if self.total is not None:
                 values["train/eta_minutes"] = max(self.total - point.step, 0) / rate / 60.0
-        self.last = (now, point.step)
+            if self.batch and trained > self.last[2]:
+                values["train/patches_per_second"] = (point.step - self.last[1]) * self.batch / (trained - self.last[2])
+        self.last = (now, point.step, trained)
         self.writer.scalars(point.step, values)
 
 
 class EvalHook(Hook):
-    """Validation: `eval_fn(state) -> {"dice": mean, "dice/<name>": ..., "overlay": optional uint8 image}`; its EMA
-    picks the best step.
+    """Validation: `eval_fn(state) -> {"dice": mean, "dice/<name>": ..., "hd95/<name>": ..., "loss": ...,
+    "overlay": optional uint8 image}` (heartjax.eval.validation); the EMA of "dice" picks the best step.
 
     Updates the loop state's ema, best_ema, best_step and history, and logs `val/...` scalars (and the overlay as
     the image `val/overlay`, so the segmentation can be watched forming) when a writer is given.

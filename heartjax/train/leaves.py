@@ -35,7 +35,7 @@ def leaf_kind(x) -> str:
 
 
 def describe(x) -> tuple[list[int], str]:
-    """Shape and dtype name of a leaf as recorded in metadata.json."""
+    """Shape and dtype name of a leaf as recorded in the checkpoint."""
     if leaf_kind(x) == "python":
         x = np.asarray(x)
     return [int(d) for d in x.shape], str(x.dtype)

@@ -13,6 +13,9 @@ import numpy as np
 import tensorboardX
 from tensorboardX import summary as tbx_summary
 
+from heartjax import config as config_lib
+from heartjax.config import presets
+
 
 class SummaryWriter:
     """TensorBoard event writer for one model run.
@@ -48,12 +51,13 @@ class SummaryWriter:
         event.value[0].tag = tag  # tensorboardX appends "/text_summary"; keep the caller's tag
         self._writer.file_writer.add_summary(event, 0)
 
-    def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
+    def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float], prefix: str = "hparams/") -> None:
         """Record this run's hyperparameters and final metrics for TensorBoard's HParams tab.
 
         Call once, at the end of the run. Values that are not bool/int/float/str are shown as JSON strings.
-        Metrics are written as scalars under ``hparams/<name>`` (at the last step logged) so they never collide
-        with training curves, and the HParams tab lists them under those tags.
+        Metrics are written as scalars (at the last step logged) under ``prefix + name`` (unless the name already
+        starts with ``prefix``), and the HParams tab lists them under those tags. ``prefix=""`` keeps the names
+        as given, e.g. "test/mean_dice": one clean tag per metric.
         """
         clean = {}
         for name, value in hparams.items():
@@ -62,7 +66,7 @@ class SummaryWriter:
             if not isinstance(value, (bool, int, float, str)):
                 value = json.dumps(value, default=str)
             clean[name] = value
-        tags = {name if name.startswith("hparams/") else f"hparams/{name}": float(v) for name, v in metrics.items()}
+        tags = {name if name.startswith(prefix) else f"{prefix}{name}": float(v) for name, v in metrics.items()}
         for event in tbx_summary.hparams(clean, tags):  # experiment, session start, session end
             self._writer.file_writer.add_summary(event, self._last_step)
         for tag, value in tags.items():
@@ -88,3 +92,47 @@ class NullWriter:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+    """Nested dicts as {"a.b": value}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def closest_preset(cfg) -> str:
+    """The preset (heartjax.config.presets) whose config differs from `cfg` in the fewest keys (the first on a tie)."""
+    flat = _flat(config_lib.to_dict(cfg))
+
+    def distance(name):
+        ref = _flat(config_lib.to_dict(config_lib.apply_tree(config_lib.Config(), presets.PRESETS[name])))
+        return sum(ref.get(k) != v for k, v in flat.items())
+
+    return min(presets.PRESETS, key=distance)
+
+
+def run_hparams(cfg, kind: str) -> dict:
+    """A run's HParams: kind, preset (the closest), seed, data seed, and every config key that differs from the
+    defaults (heartjax.config.Config()), by its dotted name."""
+    flat, default = _flat(config_lib.to_dict(cfg)), _flat(config_lib.to_dict(config_lib.Config()))
+    changed = {k: v for k, v in sorted(flat.items()) if default.get(k) != v and k not in ("seed", "data.seed")}
+    return {"kind": kind, "preset": closest_preset(cfg), "seed": cfg.seed, "data.seed": cfg.data.seed, **changed}
+
+
+def log_test(writer, result: Mapping, hparams: Mapping, best_val_dice: float) -> None:
+    """A model's test scores as scalars `test/dice/<name>`, `test/hd95/<name>`, `test/mean_dice`,
+    `test/mean_hd95`, `test/whole_heart_dice` (and `val/best_dice_ema`), at the last step logged; they are also
+    the HParams metrics. `result`: heartjax.eval.scoring.model_results's dict (None where undefined)."""
+    metrics = {"test/mean_dice": result.get("mean_dice"), "test/whole_heart_dice": result.get("whole_heart_dice"),
+               "val/best_dice_ema": best_val_dice}
+    hd95 = [s.get("hd95_mean") for s in result["per_structure"].values()]
+    hd95 = [v for v in hd95 if v is not None and np.isfinite(v)]
+    metrics["test/mean_hd95"] = float(np.mean(hd95)) if hd95 else None
+    for name, s in result["per_structure"].items():
+        metrics[f"test/dice/{name}"], metrics[f"test/hd95/{name}"] = s.get("dice_mean"), s.get("hd95_mean")
+    writer.hparams(hparams, {k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, prefix="")
