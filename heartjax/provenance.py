@@ -108,9 +108,20 @@ class _Normalise(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
-    def visit_AnnAssign(self, node):
-        node.annotation = ast.Constant(None)
+    def visit_ClassDef(self, node):
+        for child in node.body:  # an annotation in a class body can declare a field (dataclasses): kept
+            if isinstance(child, ast.AnnAssign):
+                child.in_class = True
         return self.generic_visit(node)
+
+    def visit_AnnAssign(self, node):
+        self.generic_visit(node)
+        if getattr(node, "in_class", False) or not node.simple:
+            node.annotation = ast.Constant(None)
+            return node
+        if node.value is None:  # a bare declaration outside a class: no effect
+            return None
+        return ast.copy_location(ast.Assign(targets=[node.target], value=node.value), node)
 
 
 def _canon(node) -> str:
@@ -267,9 +278,9 @@ def fingerprint_of(prov: Mapping | None) -> str:
 
 
 def commit_label(prov: Mapping | None) -> str:
-    """`c13b632`, `c13b632+dirty`, `unknown` (no checkout) or `no provenance`."""
+    """`c13b632`, `c13b632+dirty`, `unknown` (no checkout) or `not recorded` (no provenance)."""
     if not prov:
-        return "no provenance"
+        return "not recorded"
     commit = prov.get("commit") or UNKNOWN
     short = commit[:7] if commit != UNKNOWN else UNKNOWN
     return short + ("+dirty" if prov.get("dirty") is True else "")
