@@ -204,7 +204,8 @@ def test_record_of_other_code_trains_again_and_says_so(one_run, capsys):
     assert ablate.cli([str(root / "one.py"), "--preset", "smoke", "--workdir", str(root / "w2"), "--records",
                        str(records), *extra]) == 0
     out = capsys.readouterr().out
-    assert "ignoring 1 of 1 run records" in out and "commits 0123456 (1)" in out and "train again" in out
+    assert "ignoring 1 of 1 run records" in out and "not made by the running code" in out
+    assert "commits 0123456 (1)" in out and "the 1 runs asked for among them train again" in out
     assert "trained 1 runs, reused 0 run records" in out
     new = json.loads((records / "steps4-seed0.json").read_text())
     assert new["provenance"]["fingerprint"] == provenance.fingerprint() and new["provenance"]["commit"] != OTHER_COMMIT

@@ -39,17 +39,18 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
 
 
 def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log: Callable = print,
-            reuse: str = "match") -> Results:
+            reuse: str = "match", say: Callable | None = None) -> Results:
     """The results of one run: read back when finished (by the running code, unless `reuse` is "any"; results of
-    other code are replaced by a new run), resumed from its checkpoints when started, else run."""
+    other code are replaced by a new run, said to `say`, default `log`), resumed from its checkpoints when
+    started, else run. `log` receives the run's own lines."""
     run = RunFolder(folder)
     if run.results.exists():
         data = json.loads(run.results.read_text())
         made_by = provenance.fingerprint_of(data.get("provenance"))
         if reuse == "any" or made_by == provenance.fingerprint():
             return Results.from_json(data)
-        log(f"{folder} holds results of other code (fingerprint {made_by}, not {provenance.fingerprint()}): "
-            f"running it again")
+        (say or log)(f"{folder} holds results of other code (fingerprint {made_by}, not {provenance.fingerprint()}): "
+                     f"running it again")
         return run_fn(spec.cfg, folder, kinds=spec.kinds, resume=False, overwrite=True, log=log)
     resume = run.config.exists()
     if resume:
@@ -77,9 +78,9 @@ def split_by_code(existing: Mapping, runs: Sequence[RunSpec], records: Path, reu
                 f"{origins_text(origins(existing.values()))}")
         return dict(existing)
     if other:
-        log(f"ignoring {len(other)} of {len(existing)} run records in {records}: made by other code than the "
-            f"running one (fingerprint {now}): {origins_text(origins(other.values()))}; the {asked} runs asked for "
-            f"among them train again (--reuse-records any would reuse them)")
+        log(f"ignoring {len(other)} of {len(existing)} run records in {records}: not made by the running code "
+            f"(fingerprint {now}): {origins_text(origins(other.values()))}; the {asked} runs asked for among them "
+            f"train again (--reuse-records any would reuse them)")
     elif existing:
         log(f"reusing {len(existing)} run records in {records} made by the running code (fingerprint {now})")
     return {k: r for k, r in existing.items() if k not in other}
@@ -157,7 +158,7 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
             log(f"stopping after {executed} runs (max_runs); {len(todo)} left: run again with --resume to continue")
             break
         t0 = clock()
-        results = run_one(spec, run_folder(workdir, spec), run_fn, run_log or (lambda *a, **k: None), reuse)
+        results = run_one(spec, run_folder(workdir, spec), run_fn, run_log or (lambda *a, **k: None), reuse, log)
         rec = make_record(spec, results, clock() - t0, study.x)
         atomic.write_json(record_path(records, spec), rec, indent=1)
         existing[(spec.variant, spec.seed)] = rec
