@@ -4,9 +4,11 @@ Runs every variant of the study for every training seed 0..N-1 (`seed` only: the
 preprocessing stay fixed), one run folder per variant and seed (WORKDIR/STUDY/VARIANT/seedS), then writes
 WORKDIR/STUDY/ablation.json, ablation.md, ablation.png and the TensorBoard folder WORKDIR/STUDY/hparams.
 Each finished run's numbers are kept as a small JSON in RECORDS (default docs/studies/STUDY in the repository;
-WORKDIR/STUDY/records for the smoke preset): a recorded run is never redone, a killed one continues from its
-checkpoint (--resume), and `--aggregate-only` rebuilds the outputs from the records alone, so a long study can be
-run in parts (--max-runs) on several machines. key=value overrides apply on top of the study's baseline and
+WORKDIR/STUDY/records for the smoke preset) with their provenance: a run recorded by the running code (the same
+code fingerprint, docs/provenance.md) is never redone, one recorded by other code is trained again unless
+--reuse-records any, a killed one continues from its checkpoint (--resume), and `--aggregate-only` rebuilds the
+outputs from the records alone (whatever code made them; it lists the commits and machines they mix), so a long
+study can be run in parts (--max-runs) on several machines. key=value overrides apply on top of the study's baseline and
 under its variants, e.g. `data.cache_dir=/scratch/cache`. A library over `heartjax.ablation`.
 """
 
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from experiments import studies
-from heartjax import ablation, atomic
+from heartjax import ablation, atomic, provenance
 from heartjax.config import presets
 from heartjax.errors import HeartjaxError
 
@@ -39,7 +41,11 @@ def parse_args(argv):
                    help="folder of the per-run JSONs (default: docs/studies/STUDY; smoke: WORKDIR/STUDY/records)")
     p.add_argument("--resume", action="store_true", help="continue a started study (recorded runs are kept)")
     p.add_argument("--max-runs", type=int, default=None, help="run at most N runs now, then aggregate what exists")
-    p.add_argument("--aggregate-only", action="store_true", help="train nothing: rebuild the outputs from the records")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="train nothing: rebuild the outputs from the records, whatever code made them")
+    p.add_argument("--reuse-records", choices=ablation.REUSE, default="match",
+                   help="match (default): reuse a run record only when the code fingerprint it was made with is "
+                        "the running code's, train the others again; any: reuse every record (docs/provenance.md)")
     p.add_argument("--figure", type=Path, default=None,
                    help="also write the study's figure (ablation.png) to this path, e.g. docs/studies/STUDY.png")
     p.add_argument("--verbose", action="store_true", help="print each run's own log lines too")
@@ -84,15 +90,17 @@ def cli(argv=None) -> int:
             result = ablation.aggregate_study(study, records, args.workdir, args.seeds)
             print(f"study {study.name}: {len(result['variants'])} variants from {result['runs']} run records in "
                   f"{records} -> {args.workdir / study.name / 'ablation.json'}")
+            print(f"provenance: {ablation.origins_text(result['provenance'])}")
             copy_figure(args, study)
             return 0
         if args.max_runs is not None and args.max_runs < 1:
             raise HeartjaxError(f"--max-runs={args.max_runs} must be a positive integer")
-        print(f"study {study.name}: {study.description}\nruns: {args.workdir / study.name}; records: {records}",
-              flush=True)
+        print(f"study {study.name}: {study.description}\nruns: {args.workdir / study.name}; records: {records}; "
+              f"reuse records: {args.reuse_records} (code fingerprint {provenance.fingerprint()})", flush=True)
         ablation.run_study(study, preset=args.preset, data=args.data, seeds=args.seeds, workdir=args.workdir,
                            records=records, extra=args.overrides, resume=args.resume, max_runs=args.max_runs,
-                           log=lambda *a: print(*a, flush=True), run_log=print if args.verbose else None)
+                           log=lambda *a: print(*a, flush=True), run_log=print if args.verbose else None,
+                           reuse=args.reuse_records)
         copy_figure(args, study)
     except HeartjaxError as e:
         print(f"error: {e}", file=sys.stderr)

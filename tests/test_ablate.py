@@ -29,9 +29,10 @@ PENDING: dict[str, str] = {}  # study -> a config setting it still needs (none n
 
 
 def strip_timing(x):
-    """Drop wall-clock fields (names ending in "seconds"), the only ones allowed to differ between two runs."""
+    """Drop wall-clock fields (names ending in "seconds") and provenance (how the numbers were made: command line,
+    date, which records were reused), the only ones allowed to differ between two runs."""
     if isinstance(x, dict):
-        return {k: strip_timing(v) for k, v in x.items() if not k.endswith("seconds")}
+        return {k: strip_timing(v) for k, v in x.items() if not k.endswith("seconds") and k != "provenance"}
     if isinstance(x, list):
         return [strip_timing(v) for v in x]
     return x

@@ -55,9 +55,11 @@ def assert_summaries_match_cases(model: dict) -> None:
 
 
 def strip_wallclock(x):
-    """Drop the wall-clock fields, the only ones allowed to differ between runs with the same seed."""
+    """Drop the wall-clock fields and the provenance (command line, date), the only ones allowed to differ between
+    runs with the same seed."""
     if isinstance(x, dict):
-        return {k: strip_wallclock(v) for k, v in x.items() if not k.endswith("_seconds") and k != "infer_seconds_per_case"}
+        return {k: strip_wallclock(v) for k, v in x.items()
+                if not k.endswith("_seconds") and k not in ("infer_seconds_per_case", "provenance")}
     if isinstance(x, list):
         return [strip_wallclock(v) for v in x]
     return x

@@ -1,6 +1,6 @@
 """The layer order, enforced: every import of every module (function-local ones included) points down.
 
-    leaves (errors, rng, atomic, paths)  <-  config  <-  data, conv  <-  model  <-  train, eval  <-  experiment
+    leaves (errors, rng, atomic, paths, provenance)  <-  config  <-  data, conv  <-  model  <-  train, eval  <-  experiment
       <-  ablation, serve  <-  entry points (heartjax.predict, evaluate, segment, phantom)  <-  experiments/
 
 A module may import its own package's modules and anything in a lower layer; never a higher layer and never a
@@ -25,6 +25,7 @@ OPTIONAL = ("torch", "monai")  # not in requirements.txt: imported where used, i
 # (group, layer): a module belongs to the group that is the longest prefix of its name.
 GROUPS = {
     "heartjax": 0, "heartjax.errors": 0, "heartjax.rng": 0, "heartjax.atomic": 0, "heartjax.paths": 0,
+    "heartjax.provenance": 0,
     "heartjax.config": 1,
     "heartjax.data": 2, "heartjax.conv": 2,
     "heartjax.model": 3,

@@ -8,7 +8,9 @@ small JSON per run), `stats` (the study's statistics from the records alone) and
     ablation.run_study(study, preset="smoke", seeds=2, workdir="runs/ablation", records="docs/studies/norm")
 """
 
-from heartjax.ablation.runner import aggregate_study, progress_line, run_folder, run_one, run_study
+from heartjax.ablation.records import origins, origins_text
+from heartjax.ablation.runner import REUSE, aggregate_study, progress_line, run_folder, run_one, run_study
 from heartjax.ablation.study import RunSpec, Study, expand
 
-__all__ = ["aggregate_study", "progress_line", "run_folder", "run_one", "run_study", "RunSpec", "Study", "expand"]
+__all__ = ["REUSE", "aggregate_study", "origins", "origins_text", "progress_line", "run_folder", "run_one",
+           "run_study", "RunSpec", "Study", "expand"]

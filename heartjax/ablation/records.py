@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import jax
 
-from heartjax import atomic, experiment
+from heartjax import atomic, experiment, provenance
 from heartjax import config as config_lib
 from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
@@ -69,7 +70,8 @@ def machine() -> dict:
 
 
 def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | None = None) -> dict:
-    """The small JSON of one run: settings (file locations left out), run facts and per-case Dice / HD95 per
+    """The small JSON of one run: settings (file locations left out), run facts, the provenance of its results
+    (heartjax.provenance: commit, code fingerprint, libraries, machine, command line) and per-case Dice / HD95 per
     structure (no images, no predictions)."""
     models = results.models
     return config_lib.json_ready({
@@ -77,7 +79,7 @@ def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | No
         "overrides": kept(spec.overrides), "variant_overrides": list(spec.variant_overrides),
         "kinds": list(spec.kinds), "x": x_value(x_key, spec.cfg, results), "dataset": results.dataset,
         "labels": list(results.label_names), "split": results.split, "test_cases": list(results.test_cases),
-        "seconds": float(seconds), "machine": machine(),
+        "seconds": float(seconds), "machine": machine(), "provenance": results.provenance,
         "steps": {k: m.info.get("steps") for k, m in models.items()},
         "train_seconds": {k: m.info.get("train_seconds") for k, m in models.items()},
         "per_case": {k: [_case_row(c) for c in m.per_case] for k, m in models.items()},
@@ -146,3 +148,40 @@ def settings_of(rec: Mapping, keys: Sequence[str]) -> dict:
     """The values of config `keys` in the run a record comes from (rebuilt from its preset and overrides)."""
     cfg = experiment.config(rec["preset"], None, [o for o in rec["overrides"] if key_of(o) not in LOCAL_KEYS])
     return {k: config_lib.json_ready(config_lib.get(cfg, k)) for k in keys}
+
+
+def fingerprint_of(rec: Mapping) -> str:
+    """The code fingerprint of the run a record comes from ("unknown": made before provenance was recorded)."""
+    return provenance.fingerprint_of(rec.get("provenance"))
+
+
+def _machine_label(rec: Mapping) -> str:
+    if rec.get("provenance"):
+        return provenance.machine_label(rec["provenance"].get("machine", {}))
+    m = rec.get("machine") or {}
+    return f"{m.get('device', '?')} x{m.get('devices', '?')} ({m.get('cpus', '?')} CPUs, CPU model not recorded)"
+
+
+def _libraries(rec: Mapping) -> str:
+    v = (rec.get("provenance") or {}).get("versions")
+    return " ".join(f"{k} {v.get(k)}" for k in provenance.LIBRARIES) if v else "not recorded"
+
+
+def origins(recs) -> dict:
+    """What a set of records mixes: {"commits", "fingerprints", "machines", "libraries"}: {label: count} each, and
+    how many records lack provenance."""
+    recs = list(recs)
+    count = lambda f: dict(sorted(Counter(f(r) for r in recs).items()))
+    return {"commits": count(lambda r: provenance.commit_label(r.get("provenance"))),
+            "fingerprints": count(fingerprint_of), "machines": count(_machine_label), "libraries": count(_libraries),
+            "without_provenance": sum(not r.get("provenance") for r in recs)}
+
+
+def origins_text(o: Mapping) -> str:
+    """`commits c13b632 (3), not recorded (9); code fingerprints ...; machines ...; libraries ...`: `origins` in
+    one line, each value with its number of records."""
+    part = lambda d: ", ".join(f"{k} ({n})" for k, n in d.items())
+    lacking = f"; {o['without_provenance']} records without provenance (made before it was recorded)" \
+        if o.get("without_provenance") else ""
+    return (f"commits {part(o['commits'])}; code fingerprints {part(o['fingerprints'])}; machines "
+            f"{part(o['machines'])}; libraries {part(o['libraries'])}{lacking}")

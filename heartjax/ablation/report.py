@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from heartjax import atomic
+from heartjax.ablation.records import origins_text
 from heartjax.ablation.stats import nanmean, pair_key, run_mean_dice
 from heartjax.eval.scoring import fmt
 from heartjax.train.tensorboard import SummaryWriter
@@ -60,6 +61,7 @@ def markdown(a: Mapping) -> str:
              f"{', '.join(f'`{o}`' for o in a['baseline']['overrides']) or 'none'}; reference variant "
              f"`{a['baseline']['variant']}`. Scores as the network outputs them (raw)"
              + ("; the post-processed ones follow." if a.get("postprocessed") else "."), "", STATISTICS]
+    lines += provenance_lines(a.get("provenance"))
     lines += _sections(a, a["variants"], a.get("crossings"), "")
     post = a.get("postprocessed")
     if post:
@@ -69,6 +71,18 @@ def markdown(a: Mapping) -> str:
                            post["crossings"], " (post-processed)")
     lines += ["", "![Dice per variant](ablation.png)", ""]
     return "\n".join(lines)
+
+
+def provenance_lines(p: Mapping | None) -> list[str]:
+    """Which records were reused and what code, machines and libraries they mix (docs/provenance.md)."""
+    if not p:
+        return []
+    rule = {"match": "only records made by the running code (its fingerprint) were reused; the others were "
+                     "trained again",
+            "any": "`--reuse-records any`: every record was reused, whatever code made it"}.get(
+        p["reuse_records"], "`--aggregate-only`: aggregated from the records as they are, whatever code made them")
+    return ["", f"Provenance: {rule} (code fingerprint now `{p['fingerprint']}`). Records: "
+            f"{origins_text(p)}."]
 
 
 def _sections(a: Mapping, variants: Mapping, crossings: Mapping | None, tag: str) -> list[str]:

@@ -10,16 +10,20 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from heartjax import atomic, experiment
+from heartjax import atomic, experiment, provenance
 from heartjax import config as config_lib
 from heartjax.ablation import report
-from heartjax.ablation.records import (LOCAL_KEYS, check_record, complete_from_runs, load_records, make_record,
-                                       record_path, settings_of)
+from heartjax.ablation.records import (LOCAL_KEYS, check_record, complete_from_runs, fingerprint_of, load_records,
+                                       make_record, origins, origins_text, record_path, settings_of)
 from heartjax.ablation.stats import aggregate, run_mean_dice
 from heartjax.ablation.study import RunSpec, Study, expand
 from heartjax.errors import HeartjaxError
 from heartjax.eval.results import Results
 from heartjax.paths import RunFolder, study_run
+
+# --reuse-records: "match" reuses a record (or a finished run folder) only when the code fingerprint it was made
+# with is the running code's; "any" reuses every record whatever code made it.
+REUSE = ("match", "any")
 
 
 def run_folder(workdir: Path, spec: RunSpec) -> Path:
@@ -34,11 +38,20 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log: Callable = print) -> Results:
-    """The results of one run: read back when finished, resumed from its checkpoints when started, else run."""
+def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log: Callable = print,
+            reuse: str = "match", say: Callable | None = None) -> Results:
+    """The results of one run: read back when finished (by the running code, unless `reuse` is "any"; results of
+    other code are replaced by a new run, said to `say`, default `log`), resumed from its checkpoints when
+    started, else run. `log` receives the run's own lines."""
     run = RunFolder(folder)
     if run.results.exists():
-        return Results.from_json(json.loads(run.results.read_text()))
+        data = json.loads(run.results.read_text())
+        made_by = provenance.fingerprint_of(data.get("provenance"))
+        if reuse == "any" or made_by == provenance.fingerprint():
+            return Results.from_json(data)
+        (say or log)(f"{folder} holds results of other code (fingerprint {made_by}, not {provenance.fingerprint()}): "
+                     f"running it again")
+        return run_fn(spec.cfg, folder, kinds=spec.kinds, resume=False, overwrite=True, log=log)
     resume = run.config.exists()
     if resume:
         saved, wanted = _flat(config_lib.to_dict(experiment.load_config(folder))), _flat(config_lib.to_dict(spec.cfg))
@@ -47,6 +60,30 @@ def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log:
             raise HeartjaxError(f"run folder {folder} was started with other settings ({', '.join(diff)}); "
                                 f"remove it to restart that run, or choose another --workdir")
     return run_fn(spec.cfg, folder, kinds=spec.kinds, resume=resume, log=log)
+
+
+def split_by_code(existing: Mapping, runs: Sequence[RunSpec], records: Path, reuse: str,
+                  log: Callable) -> dict:
+    """The records to reuse: with reuse "match" those made by code with the running code's fingerprint (the
+    others are ignored and their runs trained again, said in one line), with "any" all of them (said too)."""
+    if reuse not in REUSE:
+        raise HeartjaxError(f"--reuse-records={reuse!r}: choose one of {', '.join(REUSE)}")
+    now = provenance.fingerprint()
+    other = {k: r for k, r in existing.items() if fingerprint_of(r) != now}
+    asked = sum((s.variant, s.seed) in other for s in runs)
+    if reuse == "any":
+        if existing:
+            log(f"--reuse-records any: reusing all {len(existing)} run records in {records} whatever code made "
+                f"them ({len(other)} not made by the running code, fingerprint {now}): "
+                f"{origins_text(origins(existing.values()))}")
+        return dict(existing)
+    if other:
+        log(f"ignoring {len(other)} of {len(existing)} run records in {records}: not made by the running code "
+            f"(fingerprint {now}): {origins_text(origins(other.values()))}; the {asked} runs asked for among them "
+            f"train again (--reuse-records any would reuse them)")
+    elif existing:
+        log(f"reusing {len(existing)} run records in {records} made by the running code (fingerprint {now})")
+    return {k: r for k, r in existing.items() if k not in other}
 
 
 def _duration(seconds: float) -> str:
@@ -71,23 +108,45 @@ def _check_fresh(study: Study, study_dir: Path, records: Path, existing: Mapping
 def run_study(study: Study, preset: str = "default", data: str | None = None, seeds: int | None = None,
               workdir: str | Path = "runs/ablation", records: str | Path | None = None, extra: Sequence[str] = (),
               resume: bool = False, max_runs: int | None = None, run_fn: Callable = experiment.run,
-              log: Callable = print, run_log: Callable | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
+              log: Callable = print, run_log: Callable | None = None, clock: Callable[[], float] = time.perf_counter,
+              reuse: str = "match") -> dict:
     """Run every variant x seed of `study` not yet recorded, then aggregate and write the study's outputs.
 
     records: the folder of run records (default WORKDIR/STUDY/records). max_runs: stop after running this many
     (a study in parts); `run_fn` (default experiment.run) and `clock` are injectable for tests; `run_log`
-    receives each run's own log lines (default: dropped). Returns the ablation dict written to ablation.json.
+    receives each run's own log lines (default: dropped). reuse: "match" (a record counts only when made by code
+    with the running code's fingerprint; the others are trained again) or "any" (every record counts; implies
+    --resume). Returns the ablation dict written to ablation.json.
     """
     runs = expand(study, preset, data, seeds, extra)
     study_dir = Path(workdir) / study.name
     records = Path(records) if records is not None else study_dir / "records"
-    existing = load_records(records, study)
-    _check_fresh(study, study_dir, records, existing, resume)
+    existing = split_by_code(load_records(records, study), runs, records, reuse, log)
+    _check_fresh(study, study_dir, records, existing, resume or reuse == "any")
     complete_from_runs(records, existing, study, workdir)
     for spec in runs:  # every record of a run asked for must match it, before anything trains
         if (spec.variant, spec.seed) in existing:
             check_record(spec, existing[(spec.variant, spec.seed)], record_path(records, spec))
     records.mkdir(parents=True, exist_ok=True)
+    executed = _run_missing(study, runs, existing, records, workdir, max_runs, run_fn, log, run_log, clock, reuse)
+    log(f"study {study.name}: trained {executed} runs, reused {len(runs) - executed - _missing(runs, existing)} "
+        f"run records" + (" (--reuse-records any)" if reuse == "any" else ""))
+    result = aggregate(study, existing, [(s.variant, s.seed) for s in runs])
+    result["provenance"] = {"reuse_records": reuse, "fingerprint": provenance.fingerprint(),
+                            **origins(existing.values())}
+    report.write_outputs(study_dir, study, result, existing, settings_of)
+    log(f"study {study.name}: {study_dir / 'ablation.json'}, ablation.md, ablation.png, hparams/"
+        + ("" if result["complete"] else f" ({len(result['missing'])} runs missing)"))
+    return result
+
+
+def _missing(runs: Sequence[RunSpec], existing: Mapping) -> int:
+    return sum((s.variant, s.seed) not in existing for s in runs)
+
+
+def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records: Path, workdir, max_runs, run_fn,
+                 log: Callable, run_log, clock, reuse: str) -> int:
+    """Run the runs without a record (into `existing`, each recorded as it ends); returns how many ran."""
     durations = [r["seconds"] for r in existing.values()]
     todo = [s for s in runs if (s.variant, s.seed) not in existing]
     executed = 0
@@ -99,7 +158,7 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
             log(f"stopping after {executed} runs (max_runs); {len(todo)} left: run again with --resume to continue")
             break
         t0 = clock()
-        results = run_one(spec, run_folder(workdir, spec), run_fn, run_log or (lambda *a, **k: None))
+        results = run_one(spec, run_folder(workdir, spec), run_fn, run_log or (lambda *a, **k: None), reuse, log)
         rec = make_record(spec, results, clock() - t0, study.x)
         atomic.write_json(record_path(records, spec), rec, indent=1)
         existing[(spec.variant, spec.seed)] = rec
@@ -107,18 +166,13 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
         executed += 1
         todo.remove(spec)
         log(progress_line(i, len(runs), spec, rec, "ran", sum(durations) / len(durations) * len(todo) if todo else None))
-    expected = [(s.variant, s.seed) for s in runs]
-    result = aggregate(study, existing, expected)
-    report.write_outputs(study_dir, study, result, existing, settings_of)
-    log(f"study {study.name}: {study_dir / 'ablation.json'}, ablation.md, ablation.png, hparams/"
-        + ("" if result["complete"] else f" ({len(result['missing'])} runs missing)"))
-    return result
+    return executed
 
 
 def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "runs/ablation",
                     seeds: int | None = None) -> dict:
-    """Aggregate a study from its run records of seeds 0..seeds-1 alone (no training) and write its outputs to
-    WORKDIR/STUDY."""
+    """Aggregate a study from its run records of seeds 0..seeds-1 alone (no training), whatever code made them,
+    and write its outputs to WORKDIR/STUDY; `result["provenance"]` lists the commits and machines it mixes."""
     found = load_records(Path(records), study)
     if not found:
         raise HeartjaxError(f"no run records of study {study.name} in {records}; run the study first or pass "
@@ -130,6 +184,8 @@ def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "ru
     complete_from_runs(Path(records), found, study, workdir)
     expected = [(v, s) for s in range(n) for v in study.variants]
     result = aggregate(study, found, expected)
+    result["provenance"] = {"reuse_records": "any (--aggregate-only)", "fingerprint": provenance.fingerprint(),
+                            **origins(found.values())}
     study_dir = Path(workdir) / study.name
     study_dir.mkdir(parents=True, exist_ok=True)
     report.write_outputs(study_dir, study, result, found, settings_of)

@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import jax
 
-from heartjax import atomic
+from heartjax import atomic, provenance
 from heartjax.paths import RunFolder
 from heartjax.eval.references import REFERENCES
 from heartjax.config.presets import BASELINE
@@ -153,8 +153,13 @@ def markdown(results: Mapping, plan, scheme: str) -> str:
     lines += ["", "## Per structure (test patients, mean ± sd)", ""] + structure_table(models, names)
     lines += _lcc_section(models, names) + reference_section(scheme, models, names) + _comparison_section(results)
     lines += ["", "Metrics: Dice/IoU from whole-volume voxel counts per patient on the original grid; HD95/ASSD in mm "
-              "(a missed structure scores the volume diagonal). See the README for definitions.", ""]
-    return "\n".join(lines)
+              "(a missed structure scores the volume diagonal). See the README for definitions."]
+    return "\n".join(lines + provenance_section(results) + [""])
+
+
+def provenance_section(results: Mapping) -> list[str]:
+    """results.md lines saying which code, libraries, machine and command made the results."""
+    return ["", "## Provenance", "", *provenance.describe(results.get("provenance"))]
 
 
 def pooled_markdown(results: Mapping) -> str:
@@ -163,7 +168,7 @@ def pooled_markdown(results: Mapping) -> str:
              f"Every one of {len(results['test_cases'])} patients is scored once, by the models of the fold that "
              f"held it out. Per-fold details in fold*/results.md.", ""]
     lines += structure_table(results["models"], results["label_names"]) + _comparison_section(results)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + provenance_section(results)) + "\n"
 
 
 def write(workdir: Path, results: Mapping, text: str) -> None:

@@ -75,6 +75,7 @@ class Results:
     split: dict[str, int] | None = None
     cross_validation: int | None = None
     comparisons: dict[str, dict] = dataclasses.field(default_factory=dict)
+    provenance: dict | None = None  # heartjax.provenance.collect() of the process that wrote results.json
 
     def to_json(self) -> dict:
         out = {"dataset": self.dataset, "layout": self.layout, "label_names": self.label_names,
@@ -83,6 +84,8 @@ class Results:
                f"comparison_{comparison_key(COMPARED_FIRST)}": self.comparisons.get(comparison_key(COMPARED_FIRST), {})}
         if self.cross_validation:
             out["cross_validation"] = self.cross_validation
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         return out
 
     @classmethod
@@ -90,7 +93,7 @@ class Results:
         models = {k: ModelResult.from_json(k, m) for k, m in data["models"].items()}
         return cls(data["dataset"], data["layout"], data["label_names"], models, data["test_cases"], data["seed"],
                    data.get("data_seed", 0), data.get("split"), data.get("cross_validation"),
-                   data.get("comparisons", {}))
+                   data.get("comparisons", {}), data.get("provenance"))
 
 
 def _per_case(model: ModelResult, name: str) -> list[float]:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from heartjax import atomic
+from heartjax import atomic, provenance
 from heartjax import config as config_lib
 from heartjax.config import Config, presets
 from heartjax.data import cases as cases_lib
@@ -198,7 +198,8 @@ def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = F
     models = {kind: run_model(kind, cfg, prep, workdir, resume, log) for kind in kinds}
     names = list(prep.ds.scheme.names)
     results = Results(_dataset_name(cfg), prep.ds.layout, names, models, prep.scored[1], cfg.seed,
-                      cfg.data.seed, {k: len(v) for k, v in prep.split.items()}, comparisons=compare(models, names))
+                      cfg.data.seed, {k: len(v) for k, v in prep.split.items()}, comparisons=compare(models, names),
+                      provenance=provenance.collect())
     data = results.to_json()
     if _primary():
         report.write(workdir, data, report.markdown(data, prep.plan, prep.ds.scheme.name))
@@ -221,7 +222,8 @@ def pool_folds(folds: list[Results], workdir: Path, log: Callable = print) -> Re
             "params": ms[0].params, "folds": len(folds),
             "best_val_dice": float(np.mean([m.best_val_dice for m in ms]))}))
     results = Results(first.dataset, first.layout, names, models, [c for f in folds for c in f.test_cases],
-                      first.seed, first.data_seed, cross_validation=len(folds), comparisons=compare(models, names))
+                      first.seed, first.data_seed, cross_validation=len(folds), comparisons=compare(models, names),
+                      provenance=provenance.collect())
     data = results.to_json()
     if _primary():
         report.write(workdir, data, report.pooled_markdown(data))
