@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from heartjax import atomic
+from heartjax.ablation import calibration
 from heartjax.ablation.stats import nanmean, pair_key, run_mean_dice
 from heartjax.eval.scoring import fmt
 from heartjax.train.tensorboard import SummaryWriter
@@ -65,6 +66,7 @@ def markdown(a: Mapping) -> str:
                   "run's validation patients chose (what `heartjax.predict` writes)."]
         lines += _sections(a, {n: {**a["variants"][n], **v} for n, v in post["variants"].items()},
                            post["crossings"], " (post-processed)")
+    lines += calibration.markdown(a.get("calibration"), a["labels"])
     lines += ["", "![Dice per variant](ablation.png)", ""]
     return "\n".join(lines)
 
