@@ -1,8 +1,9 @@
 """Run records of an ablation study: one small JSON per run (RECORDS/VARIANT-seedS.json), read back and checked.
 
 A record holds the run's settings (preset and overrides, file locations left out), its facts (kinds, steps,
-seconds, the machine) and per-case Dice and HD95 per structure of every kind: everything the study's statistics
-need, nothing more (no images, no predictions), so records can be kept in the repository and aggregated anywhere.
+seconds, the machine) and per-case Dice and HD95 per structure of every kind (and, in records made since calibration
+is measured, each kind's per-case calibration rows): everything the study's statistics need, nothing more (no
+images, no predictions), so records can be kept in the repository and aggregated anywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 
 from heartjax import atomic, experiment, provenance
 from heartjax import config as config_lib
+from heartjax.ablation.calibration import record_rows
 from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
 from heartjax.errors import HeartjaxError
@@ -83,7 +85,7 @@ def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | No
         "steps": {k: m.info.get("steps") for k, m in models.items()},
         "train_seconds": {k: m.info.get("train_seconds") for k, m in models.items()},
         "per_case": {k: [_case_row(c) for c in m.per_case] for k, m in models.items()},
-        **post_rows(models),
+        **post_rows(models), **record_rows(models),
     })
 
 

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from heartjax import atomic
+from heartjax.ablation import calibration
 from heartjax.ablation.records import origins_text
 from heartjax.ablation.stats import nanmean, pair_key, run_mean_dice
 from heartjax.eval.scoring import fmt
@@ -69,6 +70,7 @@ def markdown(a: Mapping) -> str:
                   "run's validation patients chose (what `heartjax.predict` writes)."]
         lines += _sections(a, {n: {**a["variants"][n], **v} for n, v in post["variants"].items()},
                            post["crossings"], " (post-processed)")
+    lines += calibration.markdown(a.get("calibration"), a["labels"])
     lines += ["", "![Dice per variant](ablation.png)", ""]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from heartjax.ablation import calibration
 from heartjax.errors import HeartjaxError
 from heartjax.eval.metrics import paired_test
 from heartjax.eval.scoring import json_safe
@@ -222,6 +223,7 @@ def aggregate(study, records: Mapping[tuple[str, int], Mapping], expected: Seque
         "variants": variants,
         "crossings": crossings(variants, kinds, study.x, steps) if study.x else {},
         "postprocessed": _postprocessed(study, records, labels, kinds, steps),
+        "calibration": calibration.aggregate(records, labels),
     })
 
 

@@ -140,6 +140,23 @@ def restore_probabilities(probs: np.ndarray, pre: Preprocessed) -> np.ndarray:
     return full
 
 
+def restore_probabilities_in(probs: np.ndarray, pre: Preprocessed, box: Sequence[slice]) -> np.ndarray:
+    """Class probabilities [x, y, z, C] at target spacing -> their values in `box` of the original RAS grid
+    [*box, C], resampled per class exactly as `restore` does (its argmax is `restore`'s labels there; background
+    probability 1 outside the crop box); only the box is kept, so memory is the box's, not the volume's."""
+    crop_shape = tuple(hi - lo for lo, hi in pre.crop)
+    out = np.zeros((*(b.stop - b.start for b in box), probs.shape[-1]), np.float32)
+    out[..., 0] = 1.0
+    inter = [(max(b.start, lo), min(b.stop, hi)) for b, (lo, hi) in zip(box, pre.crop)]
+    if any(a >= z for a, z in inter):
+        return out
+    src = tuple(slice(a - lo, z - lo) for (a, z), (lo, _) in zip(inter, pre.crop))
+    dst = tuple(slice(a - b.start, z - b.start) for (a, z), b in zip(inter, box))
+    for c in range(probs.shape[-1]):
+        out[dst + (c,)] = resample_image(probs[..., c], crop_shape)[src]
+    return out
+
+
 def _source_stamp(paths: Sequence[Path | None]) -> str:
     """Identifies source files by path, size and modification time (a DICOM series folder: each of its files)."""
     parts = []

@@ -124,6 +124,37 @@ def _comparison_section(results: Mapping) -> list[str]:
     return lines
 
 
+def _pm(block: Mapping, key: str, digits: int = 3) -> str:
+    return f"{fmt(block.get(f'{key}_mean'), digits)} ± {fmt(block.get(f'{key}_sd'), digits)}"
+
+
+def calibration_section(models: Mapping, names: list[str]) -> list[str]:
+    """results.md lines: per structure class-wise ECE and Brier, top-label ECE, multi-class Brier, entropy-error
+    AUROC, mean entropy and the Dice-entropy Spearman of each model (`heartjax.eval.calibration`; docs/calibration.md);
+    none for results.json files from before calibration was measured."""
+    cal = {k: m["calibration"] for k, m in models.items() if m.get("calibration")}
+    if not cal:
+        return []
+    region = next(iter(cal.values())).get("region", "")
+    lines = ["", f"## Calibration and uncertainty (test patients, mean ± sd; {region})", "",
+             "| structure | " + " | ".join(f"{k} ECE | {k} Brier" for k in cal) + " |", "|---|" + "---|---|" * len(cal)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{_pm(c['per_structure'][n], 'ece', 4)} | "
+                                                f"{_pm(c['per_structure'][n], 'brier', 4)}" for c in cal.values()) + " |")
+    lines.append("| all classes (top-label ECE, multi-class Brier) | " + " | ".join(
+        f"**{_pm(c, 'ece', 4)}** | {_pm(c, 'brier_all', 4)}" for c in cal.values()) + " |")
+    lines += ["", "| | " + " | ".join(cal) + " |", "|---|" + "---|" * len(cal),
+              "| entropy-error AUROC | " + " | ".join(_pm(c, "entropy_auroc") for c in cal.values()) + " |",
+              "| mean voxel entropy (nats) | " + " | ".join(_pm(c, "mean_entropy", 4) for c in cal.values()) + " |",
+              "| Spearman of Dice with mean entropy (patients) | " + " | ".join(
+                  f"{fmt(c.get('dice_entropy_spearman'))} ({c.get('dice_entropy_patients', 0)})" for c in cal.values())
+              + " |",
+              "", "ECE per structure is one-vs-rest (bins of p_k against 1[y = k]); all classes: top-label confidence "
+              "against accuracy; 15 equal-width bins. AUROC: how well the voxel entropy ranks the model's own "
+              "errors (0.5 chance). Spearman below 3 patients: –. Definitions in docs/calibration.md."]
+    return lines
+
+
 def mesh_text(m: Mapping) -> str:
     """"data=4 on 2 processes (4 / 1)": the mesh a model trained on, with its global and per-device batch."""
     mesh = m.get("mesh")
@@ -151,7 +182,8 @@ def markdown(results: Mapping, plan, scheme: str) -> str:
         lines.append(f"| {k} | {m['steps']} | {m['train_seconds']:.0f} | {m['infer_seconds_per_case']:.1f} | "
                      f"{m['params']:,} | {mesh_text(m)} | {fmt(m['mean_dice'])} | {fmt(m['whole_heart_dice'])} |")
     lines += ["", "## Per structure (test patients, mean ± sd)", ""] + structure_table(models, names)
-    lines += _lcc_section(models, names) + reference_section(scheme, models, names) + _comparison_section(results)
+    lines += _lcc_section(models, names) + calibration_section(models, names) + reference_section(scheme, models, names)
+    lines += _comparison_section(results)
     lines += ["", "Metrics: Dice/IoU from whole-volume voxel counts per patient on the original grid; HD95/ASSD in mm "
               "(a missed structure scores the volume diagonal). See the README for definitions."]
     return "\n".join(lines + provenance_section(results) + [""])
@@ -167,7 +199,8 @@ def pooled_markdown(results: Mapping) -> str:
     lines = [f"# {results['cross_validation']}-fold cross-validation: {results['dataset']}", "",
              f"Every one of {len(results['test_cases'])} patients is scored once, by the models of the fold that "
              f"held it out. Per-fold details in fold*/results.md.", ""]
-    lines += structure_table(results["models"], results["label_names"]) + _comparison_section(results)
+    lines += structure_table(results["models"], results["label_names"])
+    lines += calibration_section(results["models"], results["label_names"]) + _comparison_section(results)
     return "\n".join(lines + provenance_section(results)) + "\n"
 
 

@@ -30,13 +30,13 @@ from heartjax.data import cases as cases_lib
 from heartjax.data.io import images
 from heartjax.data.plan import Plan
 from heartjax.errors import HeartjaxError
-from heartjax.eval import report
+from heartjax.eval import calibration, report
 from heartjax.eval.figures import plot_case_montage
 from heartjax.eval.score_figures import plot_structure_scores
 from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
 from heartjax.experiment import specs
-from heartjax.experiment.runner import train_and_score
+from heartjax.experiment.runner import case_mean_dice, train_and_score
 from heartjax.paths import RunFolder
 from heartjax.train.parallel import sync
 
@@ -209,6 +209,16 @@ def run_split(cfg: Config, workdir: Path, kinds: Sequence[str], resume: bool = F
     return results
 
 
+def _pooled_calibration(ms: list[ModelResult], names: list[str]) -> dict:
+    """{"calibration": block} over every fold's test patients, when every fold has calibration rows; else {}."""
+    blocks = [m.info.get("calibration") for m in ms]
+    if not all(blocks):
+        return {}
+    rows = [r for b in blocks for r in b["per_case"]]
+    dice = [case_mean_dice(c) for m in ms for c in m.per_case]
+    return {"calibration": calibration.summarize(rows, dice, names)}
+
+
 def pool_folds(folds: list[Results], workdir: Path, log: Callable = print) -> Results:
     """Cross-validation results: every patient is a test patient of exactly one fold."""
     names, first = folds[0].label_names, folds[0]
@@ -220,7 +230,7 @@ def pool_folds(folds: list[Results], workdir: Path, log: Callable = print) -> Re
             "steps": ms[0].steps, "train_seconds": float(sum(m.train_seconds for m in ms)),
             "infer_seconds_per_case": float(np.mean([m.infer_seconds_per_case for m in ms])),
             "params": ms[0].params, "folds": len(folds),
-            "best_val_dice": float(np.mean([m.best_val_dice for m in ms]))}))
+            "best_val_dice": float(np.mean([m.best_val_dice for m in ms])), **_pooled_calibration(ms, names)}))
     results = Results(first.dataset, first.layout, names, models, [c for f in folds for c in f.test_cases],
                       first.seed, first.data_seed, cross_validation=len(folds), comparisons=compare(models, names),
                       provenance=provenance.collect())

@@ -19,7 +19,7 @@ from heartjax import rng
 from heartjax.config import Config
 from heartjax.data.io import images
 from heartjax.data import preprocess
-from heartjax.eval import postprocess, scoring
+from heartjax.eval import calibration, postprocess, scoring
 from heartjax.eval.results import ModelResult
 from heartjax.eval.figures import overlay_contours, readable_overlay
 from heartjax.train.parallel import DataParallel, Feed
@@ -84,6 +84,22 @@ def _decide_postprocessing(spec, predict, best, prep, names) -> dict:
     return postprocess.decide(cases, names)
 
 
+def calibration_row(probs: np.ndarray, pre, vol, names, cid: str) -> dict:
+    """Calibration of one test patient (`heartjax.eval.calibration`): its probabilities resampled to the original
+    grid (where Dice is scored) inside the reference heart's bounding box plus the margin."""
+    box = calibration.heart_box(vol.label, vol.spacing)
+    if box is None:
+        return {"case": cid, "ece": None}
+    probs_box = preprocess.restore_probabilities_in(probs, pre, box)
+    return {"case": cid, **calibration.case_calibration(probs_box, vol.label[box], names)}
+
+
+def case_mean_dice(case: dict) -> tuple[str, float]:
+    """(case, mean Dice over the structures with a Dice) of a per-case score."""
+    dice = [v for v in case["dice"].values() if v is not None and np.isfinite(v)]
+    return case["case"], float(np.mean(dice)) if dice else float("nan")
+
+
 def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool = False,
                     log: Callable = print) -> ModelResult:
     """Train `spec` (resuming from its latest checkpoint), restore its best weights, score the test patients."""
@@ -101,7 +117,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
     kept = [n for n, k in decision["per_structure"].items() if k]
     log(f"[{kind}] main-component post-processing, decided per structure on validation: "
         f"{', '.join(kept) if kept else 'none'}")
-    per_case, per_case_pp, infer_seconds = [], [], []
+    per_case, per_case_pp, infer_seconds, calib = [], [], [], []
     pred_dir = RunFolder(workdir).predictions(kind)
     pred_dir.mkdir(parents=True, exist_ok=True)
     store, test_ids = prep.scored
@@ -111,6 +127,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         probs = spec.predict_volume(lambda x: predict(best, x), pre.image)
         labels = preprocess.restore(probs, pre)
         infer_seconds.append(time.perf_counter() - t0)
+        calib.append(calibration_row(probs, pre, vol, names, cid))
         per_case.append(scoring.score_case(labels, vol.label, vol.spacing, names, cid))
         per_case_pp.append(scoring.score_case(postprocess.apply(labels, decision), vol.label, vol.spacing, names,
                                               cid))
@@ -127,6 +144,7 @@ def train_and_score(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: b
         "infer_seconds_per_case": float(np.mean(infer_seconds)), "best_step": int(loop.best_step),
         "params": int(sum(x.size for x in jax.tree.leaves(best["params"]))),
         "best_val_dice": float(loop.best_ema), "postprocessing": decision, **parallel.info(spec.batch),
+        "calibration": calibration.summarize(calib, [case_mean_dice(c) for c in per_case], names),
     })
     pp = scoring.model_results(per_case_pp, names)
     result["largest_component_test"] = {"mean_dice": pp["mean_dice"], "per_structure": pp["per_structure"],

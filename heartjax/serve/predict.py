@@ -31,6 +31,7 @@ from tqdm import tqdm
 from heartjax import atomic
 from heartjax.data.io import cli_paths
 from heartjax.serve import scan_checks
+from heartjax.serve.outputs import output_name, planned_outputs, probabilities_name, write_uncertainty
 from heartjax.config import KINDS
 from heartjax.data.io import images
 from heartjax.data import preprocess
@@ -140,16 +141,25 @@ class Ensemble:
 
     def segment(self, volume: images.Volume, tta: bool = False):
         """Label indices [X, Y, Z] uint8 on the volume's RAS grid and the averaged probabilities [X, Y, Z, C]."""
-        total = None
+        labels, probs, _ = self.segment_with_variance(volume, tta, variance=False)
+        return labels, probs
+
+    def segment_with_variance(self, volume: images.Volume, tta: bool = False, variance: bool = True):
+        """`segment`'s labels and probabilities, and the fold variance [X, Y, Z] float32: per voxel the mean over
+        classes of the variance across folds (population, 1/n) of the probabilities; None with one fold."""
+        total = sumsq = None
         for m in self.models:
             probs, pre = m.probabilities(volume, tta)
             full = preprocess.restore_probabilities(probs, pre)
             total = full if total is None else total + full
+            if variance and len(self.models) > 1:
+                sumsq = full * full if sumsq is None else sumsq + full * full
         probs = total / len(self.models)
         labels = probs.argmax(-1).astype(np.uint8)
-        return postprocess.apply(labels, self.postprocessing), probs
-
-
+        foldvar = None
+        if sumsq is not None:  # E[p^2] - E[p]^2, clipped at 0 against float32 rounding
+            foldvar = np.maximum(sumsq / len(self.models) - probs * probs, 0.0).mean(-1, dtype=np.float32)
+        return postprocess.apply(labels, self.postprocessing), probs, foldvar
 
     def scan_warnings(self, volume: images.Volume) -> list[str]:
         """`heartjax.serve.scan_checks` warnings of a scan for every fold's plan and patch (each text once)."""
@@ -160,31 +170,6 @@ class Ensemble:
                 if text not in out:
                     out.append(text)
         return out
-
-
-def output_name(path: Path) -> str:
-    """The label map's file name: a NIfTI input's name; NAME.nii.gz for a DICOM series folder NAME."""
-    name = path.name
-    if name.endswith((".nii.gz", ".nii")):
-        return name
-    try:
-        return images.case_name(path) + ".nii.gz"
-    except HeartjaxError:
-        return name + ".nii.gz"
-
-
-def probabilities_name(path: Path) -> str:
-    """The probabilities' file name: NAME_probs.nii.gz."""
-    return f"{case_id_from_path(output_name(path))}_probs.nii.gz"
-
-
-def planned_outputs(files: list[Path], out: Path, probabilities: bool, overwrite: bool) -> list[Path]:
-    """The label map of each input; refuses name clashes and (without `overwrite`) existing outputs."""
-    targets = [out / output_name(f) for f in files]
-    cli_paths.check_unique_outputs(files, targets)
-    extra = [out / probabilities_name(f) for f in files] if probabilities else []
-    cli_paths.check_not_overwriting(targets + extra, overwrite)
-    return targets
 
 
 def _load(path: Path) -> tuple[images.Volume, list[str]]:
@@ -207,8 +192,13 @@ def predict_case(model: Ensemble, path: Path, target: Path, args, log) -> dict:
         entry["warnings"] = loader_warnings + model.scan_warnings(vol)
         for text in entry["warnings"]:
             log.warn(path, text)
-        labels, probs = model.segment(vol, args.tta)
+        if args.uncertainty:
+            labels, probs, foldvar = model.segment_with_variance(vol, args.tta)
+        else:
+            labels, probs = model.segment(vol, args.tta)
         images.save_label(target, labels, vol.grid, model.scheme, overwrite=args.overwrite)
+        if args.uncertainty:
+            entry.update(write_uncertainty(args, path, vol, probs, foldvar))
         if args.probabilities:
             probs_path = args.out / probabilities_name(path)
             images.save_array(probs_path, probs, vol.grid, overwrite=args.overwrite)
@@ -268,6 +258,8 @@ def _parse(argv):
     p.add_argument("--model", choices=KINDS, default=None, help="default: the run's best by validation")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (NAME_probs.nii.gz)")
+    p.add_argument("--uncertainty", action="store_true", help="also write the voxel entropy (NAME_entropy.nii.gz) "
+                   "and, for a cross-validated run, the variance across folds (NAME_foldvar.nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p.parse_args(argv)
 
@@ -276,7 +268,7 @@ def prepare(args) -> tuple[Ensemble, list[Path], list[Path]]:
     """Every check that needs no scan read, then the model, then the output folder. Raises HeartjaxError."""
     files = cli_paths.collect_inputs(args.inputs)
     cli_paths.check_output_folder(args.out, "--out")
-    targets = planned_outputs(files, args.out, args.probabilities, args.overwrite)
+    targets = planned_outputs(files, args.out, args.probabilities, args.overwrite, args.uncertainty)
     model = Ensemble(args.run_dir, args.model)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
