@@ -53,7 +53,7 @@ def _set_entry(table: dict, entry: type, parts: list[str], value, key: str) -> d
     name = ".".join(parts[:n])
     if len(parts) == n:
         raise HeartjaxError(f"config setting {key!r} is a group; set one of its keys: {_fields(old)}")
-    return {**table, name: _set(old, parts[n:], value, key)}
+    return type(table)({**table, name: _set(old, parts[n:], value, key)})
 
 
 def _set(node, parts: list[str], value, key: str):

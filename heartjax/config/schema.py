@@ -63,9 +63,17 @@ class KindInferConfig:
     batch: int | None = None
 
 
+class KindTable(dict):
+    """One entry per kind, by name: a dict that hashes like the frozen dataclasses around it. Never mutated:
+    overrides build a new table."""
+
+    def __hash__(self):
+        return hash(frozenset(self.items()))
+
+
 def _kinds(entry: type, defaults: dict):
     """A field holding one `entry` per kind (the entry type rides in the metadata, for overrides of new kinds)."""
-    return dataclasses.field(default_factory=lambda: {k: entry(**v) for k, v in defaults.items()},
+    return dataclasses.field(default_factory=lambda: KindTable({k: entry(**v) for k, v in defaults.items()}),
                              metadata={"entry": entry})
 
 
