@@ -55,7 +55,8 @@ def test_kinds_are_keys_with_inheritance():
     assert cfg.plan.entry("toy") == config_lib.KindPlanConfig("3d", 3, (8, 8, 8), 2, 64 ** 3)
     assert cfg.plan.source("2.5d", "batch") == "plan.kinds.2d.batch" and cfg.plan.source("2.5d", "patch") == \
         "plan.kinds.2.5d.patch"
-    assert config_lib.get(cfg, "plan.kinds.2.5d.patch") == (64, 64) and config_lib.get(cfg, "plan.kinds.2.5d.batch") is None
+    assert config_lib.get(cfg, "plan.kinds.2.5d.patch") == (64, 64)
+    assert config_lib.get(cfg, "plan.kinds.2.5d.batch") is None  # its own entry's: it inherits 2d's
     assert config_lib.infer_settings(cfg, "2.5d").batch == 16 and config_lib.infer_settings(cfg, "toy").batch == 2
     assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg and hash(cfg) == hash(config_lib.from_dict(
         config_lib.to_dict(cfg)))

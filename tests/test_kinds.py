@@ -53,7 +53,7 @@ def test_a_registered_kind_needs_a_plan_entry(monkeypatch):
     monkeypatch.setitem(specs.BUILDERS, "toy3d", build_toy)
     with pytest.raises(HeartjaxError, match=r"'toy3d' has no plan entry; add one, e.g. plan.kinds.toy3d.inherits_from"):
         experiment.config("smoke", overrides=["train.models=['toy3d']"])
-    with pytest.raises(HeartjaxError, match=r"plan.kinds.toy3d.patch=\(8, 8\) is invalid: must be None .* or 3 positive"):
+    with pytest.raises(HeartjaxError, match=r"plan.kinds.toy3d.patch=\(8, 8\) is invalid: .* or 3 positive"):
         experiment.config("smoke", overrides=[*TOY_PLAN, "plan.kinds.toy3d.patch=[8, 8]"])
 
 
