@@ -134,8 +134,10 @@ def build_3d(cfg, plan: Plan, num_classes: int) -> ModelSpec:
     return build_volume(cfg, plan, num_classes, "3d")
 
 
-# The kinds, by name: a kind is its builder `build(cfg, plan, num_classes) -> ModelSpec`. Registering one is one
-# entry (`BUILDERS["name"] = build`), from anywhere (a test, a script); everything downstream asks the spec.
+# The kinds, by name: a kind is its builder `build(cfg, plan, num_classes) -> ModelSpec` (`build_volume` or
+# `build_slices` with the kind's name, for most) and its plan entry. Registering one is one entry
+# (`BUILDERS["name"] = build`) plus `plan.kinds.name.*`, from anywhere (a test, a script); everything downstream asks
+# the spec.
 BUILDERS: dict[str, Callable[..., ModelSpec]] = {"2d": build_2d, "2.5d": build_25d, "3d": build_3d}
 assert set(config_lib.KINDS) <= set(BUILDERS)
 
