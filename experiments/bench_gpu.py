@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import statistics
@@ -41,7 +42,8 @@ import numpy as np
 from experiments.bench_common import init_train_state, machine_info, matmul_peak, timed
 from heartjax import atomic, experiment, rng
 from heartjax.experiment import specs
-from heartjax.data.plan import Plan, stage_layout
+from heartjax.config.presets import PLAN_KINDS
+from heartjax.data.plan import KindPlan, Plan, stage_layout
 from heartjax.model.augment import make_augment
 from heartjax.model.flops import unet_flops
 from heartjax.train.parallel import DataParallel, report_devices
@@ -55,8 +57,8 @@ PEAKS = {  # device_kind substring -> dense peak TFLOP/s per chip (bfloat16, flo
     "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
     "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
 }
-SIZES = {"full": {"3d": ((128, 128, 128), 2), "2d": ((512, 512), 12), "depth": 5, "overrides": []},
-         "tiny": {"3d": ((16, 16, 16), 2), "2d": ((32, 32), 4), "depth": 2,
+SIZES = {"full": {"kinds": {"3d": ((128, 128, 128), 2), "2d": ((512, 512), 12)}, "depth": 5, "overrides": []},
+         "tiny": {"kinds": {"3d": ((16, 16, 16), 2), "2d": ((32, 32), 4)}, "depth": 2,
                   "overrides": ["model.features=4", "model.max_features=8", "model_2d.features=4",
                                 "model_2d.max_features=8"]}}
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "f32": "float32"}
@@ -64,13 +66,19 @@ PLATFORMS = ("cuda", "rocm", "tpu", "cpu")
 
 
 def plan_for(size: dict, devices: int) -> Plan:
-    """A plan of isotropic 1 mm patches; batches rounded up to a multiple of the device count."""
-    (p3, b3), (p2, b2), depth = size["3d"], size["2d"], size["depth"]
-    s3, k3 = stage_layout((1.0, 1.0, 1.0), p3, depth)
-    s2, k2 = stage_layout((1.0, 1.0), p2, depth)
+    """A plan of isotropic 1 mm patches; batches rounded up to a multiple of the device count. Kinds that inherit
+    from one of `size`'s kinds by default (2.5d from 2d) take its entry."""
     up = lambda b: -(-b // devices) * devices
-    return Plan((1.0, 1.0, 1.0), "ct", "ct", (-100.0, 300.0), 50.0, 80.0, 2, tuple(p3), up(b3), s3, k3, tuple(p2),
-                up(b2), s2, k2, depth)
+    kinds = {}
+    for kind, (patch, batch) in size["kinds"].items():
+        dims = len(patch)
+        strides, kernels = stage_layout((1.0,) * dims, patch, size["depth"])
+        kinds[kind] = KindPlan(dims, (1.0,) * dims, tuple(patch), up(batch), strides, kernels)
+    for kind, entry in PLAN_KINDS.items():
+        parent = entry.get("inherits_from")
+        if kind not in kinds and parent in kinds:
+            kinds[kind] = dataclasses.replace(kinds[parent], inherits_from=parent)
+    return Plan((1.0, 1.0, 1.0), "ct", "ct", (-100.0, 300.0), 50.0, 80.0, 2, size["depth"], kinds)
 
 
 def parse_rows(text: str) -> list[tuple[str, str]]:

@@ -120,17 +120,17 @@ def make_rows(sizes, quick: bool = False, conv_impl: str | None = None) -> list[
             rows.append(Row(f"forward{dims}d_ref", "forward", model, fb, fp, sgd, LossConfig(), aug,
                             "a sliding-window tile" if dims == 3 else ""))
     if "default" in sizes:
-        plan = cfg.plan
         for dims in (3, 2):
             kind = f"{dims}d"
             m = config_lib.unet_settings(cfg, kind)  # with the kind's model.conv_impl
             m["conv_impl"] = conv_impl or m["conv_impl"]
-            model = UNetConfig(spatial_dims=dims, in_channels=1, num_classes=NUM_CLASSES, depth=plan.depth, **m)
-            patch, batch = getattr(plan, f"patch_{kind}"), getattr(plan, f"batch_{kind}")
+            model = UNetConfig(spatial_dims=dims, in_channels=1, num_classes=NUM_CLASSES, depth=cfg.plan.depth, **m)
+            patch, batch = cfg.plan.entry(kind).patch, cfg.plan.entry(kind).batch
             notes = ["isotropic strides (the data's plan may make them anisotropic)"]
             if patch is None:
                 patch = FALLBACK_PATCH[dims]
-                notes.append(f"plan.patch_{kind} is None in the default preset (derived from the data): used {patch}")
+                notes.append(f"{cfg.plan.source(kind, 'patch')} is None in the default preset (derived from the data): "
+                             f"used {patch}")
             if quick:
                 model, patch, batch = dataclasses.replace(model, **tiny), (16,) * 3 if dims == 3 else (32, 32), 2
                 notes = ["--quick: shrunken"]

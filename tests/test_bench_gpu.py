@@ -67,7 +67,8 @@ def test_conv_macs_count_only_taps_inside_the_input():
     assert conv_macs((5, 1), (3, 1), (2, 1), 2, 3, 4) == (7 * 2 * 3 * 4, (3, 1))
 
 
-SIZES = {"default": ("default", {"3d": ((48, 48, 48), 2), "2d": ((112, 112), 16), "depth": 3, "overrides": []}),
+SIZES = {"default": ("default", {"kinds": {"3d": ((48, 48, 48), 2), "2d": ((112, 112), 16)}, "depth": 3,
+                                 "overrides": []}),
          "full": ("full", bench_gpu.SIZES["full"])}
 
 

@@ -68,11 +68,11 @@ def test_rows_follow_the_default_config():
         assert (row.model.features, row.model.max_features) == (model["features"], model["max_features"])
         assert row.model.deep_supervision == model["deep_supervision"] and row.model.norm == model["norm"]
         assert row.model.conv_impl == model["conv_impl"]
-        assert row.batch == getattr(cfg.plan, f"batch_{kind}") and row.optim == cfg.optim and row.loss == cfg.loss
-        expected = getattr(cfg.plan, f"patch_{kind}") or benchmark.FALLBACK_PATCH[dims]
+        assert row.batch == cfg.plan.entry(kind).batch and row.optim == cfg.optim and row.loss == cfg.loss
+        expected = cfg.plan.entry(kind).patch or benchmark.FALLBACK_PATCH[dims]
         assert row.patch == tuple(expected)
-        if getattr(cfg.plan, f"patch_{kind}") is None:
-            assert f"plan.patch_{kind} is None" in row.note
+        if cfg.plan.entry(kind).patch is None:
+            assert f"plan.kinds.{kind}.patch is None" in row.note
         row.model.check_input(row.patch)
 
 

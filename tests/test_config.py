@@ -11,7 +11,7 @@ from heartjax.config import presets
 from heartjax.config import Config, DataConfig
 from heartjax.data import cases as cases_lib
 from heartjax.data.datasets import Case
-from heartjax.data.plan import Plan
+from heartjax.data.plan import KindPlan, Plan
 from heartjax.errors import HeartjaxError
 
 
@@ -36,16 +36,41 @@ def test_parse_value(text, value):
 
 
 def test_overrides_set_typed_values():
-    cfg = config_lib.apply_overrides(Config(), ["model.norm=batch", "plan.patch_3d=[32, 32, 32]", "train.max_seconds=60",
-                                               "data.dir=../x", "model_25d.slices=7", "optim.lr=1e-3", "seed=3"])
-    assert cfg.model.norm == "batch" and cfg.plan.patch_3d == (32, 32, 32) and cfg.train.max_seconds == 60
+    cfg = config_lib.apply_overrides(Config(), ["model.norm=batch", "plan.kinds.3d.patch=[32, 32, 32]",
+                                               "train.max_seconds=60", "data.dir=../x", "model_25d.slices=7",
+                                               "optim.lr=1e-3", "seed=3"])
+    assert cfg.model.norm == "batch" and cfg.plan.kinds["3d"].patch == (32, 32, 32) and cfg.train.max_seconds == 60
     assert cfg.data.dir == "../x" and cfg.model_25d.slices == 7 and cfg.optim.lr == 1e-3 and cfg.seed == 3
     assert Config().model.norm == "instance"  # frozen: the original is untouched
     hash(cfg)  # lists became tuples
 
 
+def test_kinds_are_keys_with_inheritance():
+    """plan.kinds.KIND and infer.kinds.KIND: a kind's name is one key even with a dot in it; 2.5d takes 2d's values
+    unless it sets its own; a new kind inherits from one; the keys of heartjax <= 0.5 still read."""
+    cfg = config_lib.apply_overrides(Config(), ["plan.kinds.2d.batch=8", "plan.kinds.2.5d.patch=[64, 64]",
+                                               "plan.kinds.toy.inherits_from=3d", "plan.kinds.toy.patch=[8,8,8]"])
+    config_lib.validate(cfg)
+    assert cfg.plan.entry("2.5d") == config_lib.KindPlanConfig("2d", 2, (64, 64), 8, 192 ** 2)
+    assert cfg.plan.entry("toy") == config_lib.KindPlanConfig("3d", 3, (8, 8, 8), 2, 64 ** 3)
+    assert cfg.plan.source("2.5d", "batch") == "plan.kinds.2d.batch" and cfg.plan.source("2.5d", "patch") == \
+        "plan.kinds.2.5d.patch"
+    assert config_lib.get(cfg, "plan.kinds.2.5d.patch") == (64, 64)
+    assert config_lib.get(cfg, "plan.kinds.2.5d.batch") is None  # its own entry's: it inherits 2d's
+    assert config_lib.infer_settings(cfg, "2.5d").batch == 16 and config_lib.infer_settings(cfg, "toy").batch == 2
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg and hash(cfg) == hash(config_lib.from_dict(
+        config_lib.to_dict(cfg)))
+    old = config_lib.apply_overrides(Config(), ["plan.patch_3d=[32,32,32]", "plan.batch_2d=4", "infer.batch_3d=1"])
+    assert (old.plan.kinds["3d"].patch, old.plan.kinds["2d"].batch, old.infer.kinds["3d"].batch) == ((32,) * 3, 4, 1)
+    older = config_lib.from_dict({"plan": {"patch_2d": [32, 32], "max_patch_voxels_3d": 8}, "infer": {"batch_2d": 2}})
+    assert (older.plan.kinds["2d"].patch, older.plan.kinds["3d"].max_patch_voxels) == ((32, 32), 8)
+
+
 @pytest.mark.parametrize("item, words", [
     ("train.stepz=3", ["'train.stepz'", "steps"]),
+    ("plan.kinds=3", ["'plan.kinds' is a table of kinds", "plan.kinds.KIND.KEY", "2.5d"]),
+    ("plan.kinds.3d=3", ["'plan.kinds.3d' is a group", "patch"]),
+    ("plan.kinds.3d.pach=3", ["'plan.kinds.3d.pach'", "patch"]),
     ("model=3", ["'model' is a group", "features"]),
     ("train.steps.x=3", ["'train.steps.x'"]),
     ("nodots", ["key.subkey=value"]),
@@ -65,7 +90,13 @@ def test_bad_override_names_the_key(item, words):
     ("train.models=['2d', '4d']", ["train.models", "2.5d"]),
     ("model_25d.slices=4", ["model_25d.slices=4", "odd"]),
     ("infer.overlap=1.0", ["infer.overlap"]),
-    ("plan.patch_2d=[16]", ["plan.patch_2d"]),
+    ("plan.kinds.2d.patch=[16]", ["plan.kinds.2d.patch=(16,)", "2 positive integers"]),
+    ("plan.kinds.2.5d.batch=0", ["plan.kinds.2.5d.batch=0", "positive integer"]),
+    ("plan.kinds.3D.patch=[8,8,8]", ["plan.kinds.3D.spatial_dims=None", "inherits_from"]),
+    ("plan.kinds.2d.inherits_from=2.5d", ["plan.kinds.2d.inherits_from='2.5d'", "without a cycle"]),
+    ("infer.kinds.3d.batch=0", ["infer.kinds.3d.batch=0", "positive integer"]),
+    ("infer.kinds.4d.batch=1", ["infer.kinds.4d", "names no kind of plan.kinds"]),
+    ("train.models=['2d', 'toy']", ["'toy' is not a model kind"]),
     ("model.norm=foo", ["model.norm", "instance"]),
     ("model_3d.features=0", ["model_3d", "features"]),
     ("model.conv_impl=fast", ["model.conv_impl", "planes"]),
@@ -105,10 +136,11 @@ def test_kind_sections_overlay_the_shared_model():
 
 
 def _plan():
+    kinds = {"2d": KindPlan(2, (2.0, 2.0), (16, 16), 4, ((2, 2), (2, 2)), ((3, 3),) * 3),
+             "3d": KindPlan(3, (2.0, 2.0, 4.0), (16, 16, 8), 2, ((2, 2, 1), (2, 2, 2)), ((3, 3, 1), (3, 3, 3), (3, 3, 3)))}
+    kinds["2.5d"] = dataclasses.replace(kinds["2d"], inherits_from="2d")
     return Plan(target_spacing=(2.0, 2.0, 4.0), modality="ct", normalization="ct", ct_clip=(-100.0, 300.0),
-                ct_mean=50.0, ct_std=80.0, slice_axis=2, patch_3d=(16, 16, 8), batch_3d=2,
-                strides_3d=((2, 2, 1), (2, 2, 2)), kernels_3d=((3, 3, 1), (3, 3, 3), (3, 3, 3)), patch_2d=(16, 16),
-                batch_2d=4, strides_2d=((2, 2), (2, 2)), kernels_2d=((3, 3),) * 3, depth=2)
+                ct_mean=50.0, ct_std=80.0, slice_axis=2, depth=2, kinds=kinds)
 
 
 def test_specs_hold_what_differs_between_kinds():
@@ -175,7 +207,8 @@ def test_model_fields_are_written_once():
     shared = [f.name for f in dataclasses.fields(config_lib.ModelConfig)]
     assert [f.name for f in dataclasses.fields(config_lib.KindModelConfig)] == shared
     assert [f.name for f in dataclasses.fields(config_lib.Model25dConfig)] == shared + ["slices"]
-    assert set(shared) <= {f.name for f in dataclasses.fields(UNetConfig)}
+    assert issubclass(UNetConfig, config_lib.ModelConfig)  # the network's options are the config's
+    assert [f.name for f in dataclasses.fields(UNetConfig)][:len(shared)] == shared
     assert all(getattr(config_lib.KindModelConfig(), n) is None for n in shared)
 
 

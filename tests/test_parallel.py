@@ -59,9 +59,9 @@ def test_batch_must_split_over_the_devices():
     dp = DataParallel.create()
     assert dp.size == jax.device_count() and dp.share(6) == (0, 6) and dp.primary
     if dp.size == 1:
-        dp.check_batch(3, "plan.batch_3d")
-    with pytest.raises(HeartjaxError, match=r"plan.batch_3d=3 is not divisible by the 2 devices"):
-        DataParallel.create([jax.devices()[0]] * 2).check_batch(3, "plan.batch_3d")
+        dp.check_batch(3, "plan.kinds.3d.batch")
+    with pytest.raises(HeartjaxError, match=r"plan.kinds.3d.batch=3 is not divisible by the 2 devices"):
+        DataParallel.create([jax.devices()[0]] * 2).check_batch(3, "plan.kinds.3d.batch")
 
 
 def test_feed_places_this_process_share():
@@ -83,7 +83,8 @@ def workspace(tmp_path_factory):
 
 
 def test_four_devices_train_like_one(workspace):
-    args = ["experiments.volumetric", "--preset", "smoke", "plan.batch_3d=4", "plan.batch_2d=4", "train.steps=20"]
+    args = ["experiments.volumetric", "--preset", "smoke", "plan.kinds.3d.batch=4", "plan.kinds.2d.batch=4",
+            "train.steps=20"]
     # (both kinds: the 3D model carries the planes convolution and its reshapes through the sharding)
     procs = {n: _run([*args, "--workdir", f"dev{n}"], workspace, n) for n in (1, 4)}
     for p in procs.values():
@@ -109,7 +110,7 @@ def _free_port() -> int:
 
 def test_two_processes_write_one_run_that_restores_anywhere(workspace):
     port = _free_port()
-    args = ["experiments.volumetric", "--preset", "smoke", "--workdir", "mp", "plan.batch_3d=4",
+    args = ["experiments.volumetric", "--preset", "smoke", "--workdir", "mp", "plan.kinds.3d.batch=4",
             "--coordinator", f"localhost:{port}", "--num-processes", "2"]
     procs = [_run([*args, "--process-id", str(i)], workspace, 2) for i in (0, 1)]
     outs = [_finish(p, timeout=900) for p in procs]

@@ -15,13 +15,13 @@ import pytest
 
 from heartjax.serve import predict
 from heartjax.data.labels import MMWHS
-from heartjax.data.plan import Plan
+from heartjax.data.plan import KindPlan, Plan
 
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 PLAN = Plan(target_spacing=(8.0, 8.0, 8.0), modality="ct", normalization="ct", ct_clip=(73.0, 407.0), ct_mean=240.0,
-            ct_std=80.0, slice_axis=2, patch_3d=(16, 16, 16), batch_3d=2, strides_3d=((2, 2, 2),) * 3,
-            kernels_3d=((3, 3, 3),) * 4, patch_2d=(16, 16), batch_2d=8, strides_2d=((2, 2),) * 3,
-            kernels_2d=((3, 3),) * 4, depth=3)
+            ct_std=80.0, slice_axis=2, depth=3,
+            kinds={"3d": KindPlan(3, (8.0,) * 3, (16, 16, 16), 2, ((2, 2, 2),) * 3, ((3, 3, 3),) * 4),
+                   "2d": KindPlan(2, (8.0,) * 2, (16, 16), 8, ((2, 2),) * 3, ((3, 3),) * 4)})
 
 
 class StubEnsemble(predict.Ensemble):

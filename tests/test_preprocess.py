@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from heartjax.data import preprocess
+from heartjax.config import KindPlanConfig
 from heartjax.data.plan import Fingerprint, make_plan
 
 
@@ -37,7 +38,9 @@ def phantom_like(shape=(40, 36, 30)):
 
 def make_test_plan(spacing=(2.0, 2.0, 2.0)):
     f = Fingerprint(((1.0, 1.0, 2.0),), ((40, 36, 30),), "ct", 250.0, 80.0, 100.0, 320.0, 300.0)
-    return make_plan(f, depth=2, target_spacing=spacing, patch_3d=(8, 8, 8), patch_2d=(8, 8))
+    kinds = {"3d": KindPlanConfig(spatial_dims=3, patch=(8, 8, 8), batch=2),
+             "2d": KindPlanConfig(spatial_dims=2, patch=(8, 8), batch=16)}
+    return make_plan(f, kinds, depth=2, target_spacing=spacing)
 
 
 def test_body_box_crops_air_with_margin():

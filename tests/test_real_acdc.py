@@ -13,8 +13,9 @@ from test_experiment import run_cli
 def test_acdc_train_predict_evaluate_round_trip(acdc_dir, tmp_path):
     run = tmp_path / "run"
     run_cli(["experiments.volumetric", "--preset", "smoke", "--data", str(acdc_dir), "--workdir", str(run),
-             "data.max_cases=8", "data.val_cases=1", "plan.target_spacing=[3.0,3.0,10.0]", "plan.patch_2d=[64,64]",
-             "plan.batch_2d=8", "infer.batch_2d=8", "train.steps=60", "train.eval_every=30", "train.log_every=30",
+             "data.max_cases=8", "data.val_cases=1", "plan.target_spacing=[3.0,3.0,10.0]",
+             "plan.kinds.2d.patch=[64,64]", "plan.kinds.2d.batch=8", "infer.kinds.2d.batch=8", "train.steps=60",
+             "train.eval_every=30", "train.log_every=30",
              "model_2d.features=8", "model_2d.max_features=16", 'train.models=["2d"]', "optim.lr=0.01"], cwd=tmp_path)
     res = json.loads((run / "results.json").read_text())
     assert res["label_names"] == ["RV", "MYO", "LV"]

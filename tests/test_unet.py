@@ -13,7 +13,8 @@ from heartjax.model.unet import Conv, UNet, UNetConfig, count_params, group_norm
 
 
 def tiny(dims, **kw):
-    base = dict(spatial_dims=dims, in_channels=1, num_classes=4, features=4, depth=2, max_features=16)
+    base = dict(spatial_dims=dims, in_channels=1, num_classes=4, features=4, depth=2, max_features=16,
+                deep_supervision=False)
     base.update(kw)
     return UNetConfig(**base)
 
@@ -178,7 +179,7 @@ def _blob_batch(dims, n=2, size=16, seed=0):
 
 @pytest.mark.parametrize("dims,steps", [(2, 60), (3, 60)])
 def test_tiny_model_overfits_one_batch(dims, steps):
-    cfg = UNetConfig(spatial_dims=dims, num_classes=3, features=8, depth=2, max_features=16)
+    cfg = UNetConfig(spatial_dims=dims, num_classes=3, features=8, depth=2, max_features=16, deep_supervision=False)
     ocfg = OptimConfig(name="adamw", lr=1e-2, clip_norm=0.0)
     tx = make_optimizer(ocfg)
     graphdef, state = create_train_state(cfg, tx, seed=0, total_steps=steps)
@@ -234,7 +235,8 @@ def test_learning_rate_schedules():
 
 def test_train_step_updates_batch_statistics():
     """model.norm=batch: the step runs under jit + grad and returns updated running statistics."""
-    cfg = UNetConfig(spatial_dims=2, num_classes=3, features=4, max_features=8, depth=2, norm="batch")
+    cfg = UNetConfig(spatial_dims=2, num_classes=3, features=4, max_features=8, depth=2, norm="batch",
+                     deep_supervision=False)
     ocfg = OptimConfig(name="adamw", lr=1e-3)
     tx = make_optimizer(ocfg)
     graphdef, state = create_train_state(cfg, tx, seed=0, total_steps=10)

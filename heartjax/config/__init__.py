@@ -4,15 +4,16 @@ the one validation path (`validation`). This module only gathers their public na
 """
 
 from heartjax.config.augment import AugmentConfig, identity_config
-from heartjax.config.options import LossConfig, OptimConfig
+from heartjax.config.options import LossConfig, ModelConfig, OptimConfig
 from heartjax.config.overrides import (apply_overrides, apply_tree, from_dict, json_ready, override, parse_value,
                                        to_dict, to_json, tupled)
-from heartjax.config.schema import (KINDS, Config, DataConfig, InferConfig, KindModelConfig, Model25dConfig,
-                                    ModelConfig, PlanConfig, SamplingConfig, TrainConfig, get, section_of,
-                                    unet_settings)
+from heartjax.config.schema import (KINDS, Config, DataConfig, InferConfig, KindInferConfig, KindModelConfig,
+                                    KindPlanConfig, KindTable, Model25dConfig, PlanConfig, SamplingConfig,
+                                    TrainConfig, get, infer_settings, infer_source, section_of, unet_settings)
 from heartjax.config.validation import validate
 
-__all__ = ["AugmentConfig", "identity_config", "LossConfig", "OptimConfig", "apply_overrides", "apply_tree",
-           "from_dict", "json_ready", "override", "parse_value", "to_dict", "to_json", "tupled", "KINDS", "Config",
-           "DataConfig", "InferConfig", "KindModelConfig", "Model25dConfig", "ModelConfig", "PlanConfig",
-           "SamplingConfig", "TrainConfig", "get", "section_of", "unet_settings", "validate"]
+__all__ = ["AugmentConfig", "identity_config", "LossConfig", "ModelConfig", "OptimConfig", "apply_overrides",
+           "apply_tree", "from_dict", "json_ready", "override", "parse_value", "to_dict", "to_json", "tupled", "KINDS",
+           "Config", "DataConfig", "InferConfig", "KindInferConfig", "KindModelConfig", "KindPlanConfig", "KindTable",
+           "Model25dConfig", "PlanConfig", "SamplingConfig", "TrainConfig", "get", "infer_settings", "infer_source",
+           "section_of", "unet_settings", "validate"]

@@ -1,5 +1,6 @@
-"""The pieces' option values the config tree holds, written once: the optimiser, the loss, and the allowed
-values of the U-Net's options. A leaf: the model and train code import these, and so does the config schema.
+"""The pieces' option values the config tree holds, written once: the optimiser, the loss, the U-Net's options
+(`ModelConfig`, which `heartjax.model.unet.UNetConfig` extends) and their allowed values. A leaf: the model and
+train code import these, and so does the config schema.
 """
 
 from __future__ import annotations
@@ -48,3 +49,22 @@ class LossConfig:
     lambda_ce: float = 1.0
     batch_dice: bool = False
     include_background: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net's options, written once: the config's `model` section (shared by every kind), each kind's section
+    (the same fields, None taking the shared value) and `heartjax.model.unet.UNetConfig` (which extends this class
+    with the geometry a spec derives: dims, channels, classes, depth, strides, kernels). A new option is one line here
+    (and its rule in `heartjax.config.validation`)."""
+
+    features: int = 8
+    max_features: int = 64
+    growth: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+    upsample: str = "resize"
+    activation: str = "leaky_relu"
+    deep_supervision: bool = True
+    dtype: str = "float32"
+    conv_impl: str = "auto"

@@ -11,7 +11,8 @@ import dataclasses
 import json
 from typing import Any, Iterable, Mapping
 
-from heartjax.config.schema import Config, get  # noqa: F401 (get: part of this module's API)
+from heartjax.config.presets import RENAMED_KEYS
+from heartjax.config.schema import Config, get, walk
 from heartjax.config.validation import validate
 from heartjax.errors import HeartjaxError
 
@@ -39,28 +40,56 @@ def json_ready(x):
     return json.loads(json.dumps(x))
 
 
+def _fields(node) -> list[str]:
+    return list(node) if isinstance(node, dict) else [f.name for f in dataclasses.fields(node)]
+
+
+def _set_entry(table: dict, entry: type, parts: list[str], value, key: str) -> dict:
+    """A copy of a kinds table with the value at `parts` (a kind, then a field) set; an unknown kind is added."""
+    try:
+        old, n = walk(table, parts, key)
+    except KeyError:  # a new kind: validation refuses it unless it inherits from a kind or names its spatial_dims
+        old, n = entry(), 1
+    name = ".".join(parts[:n])
+    if len(parts) == n:
+        raise HeartjaxError(f"config setting {key!r} is a group; set one of its keys: {_fields(old)}")
+    return type(table)({**table, name: _set(old, parts[n:], value, key)})
+
+
 def _set(node, parts: list[str], value, key: str):
     """A copy of dataclass `node` with the field at `parts` set to `value`."""
-    names = [f.name for f in dataclasses.fields(node)]
+    names = _fields(node)
     if parts[0] not in names:
         raise HeartjaxError(f"unknown config setting {key!r}; known keys here: {names}")
-    old = getattr(node, parts[0])
+    old, field = getattr(node, parts[0]), {f.name: f for f in dataclasses.fields(node)}[parts[0]]
+    if isinstance(old, dict):
+        if len(parts) == 1:
+            raise HeartjaxError(f"config setting {key!r} is a table of kinds; set one of its kinds' keys "
+                                f"({key}.KIND.KEY), kinds: {list(old)}")
+        return dataclasses.replace(node, **{parts[0]: _set_entry(old, field.metadata["entry"], parts[1:], value, key)})
     if len(parts) > 1:
         if not dataclasses.is_dataclass(old):
             raise HeartjaxError(f"unknown config setting {key!r}: {parts[0]!r} is a value, not a group")
         return dataclasses.replace(node, **{parts[0]: _set(old, parts[1:], value, key)})
     if dataclasses.is_dataclass(old):
-        raise HeartjaxError(f"config setting {key!r} is a group; set one of its keys: "
-                            f"{[f.name for f in dataclasses.fields(old)]}")
+        raise HeartjaxError(f"config setting {key!r} is a group; set one of its keys: {_fields(old)}")
     try:
         return dataclasses.replace(node, **{parts[0]: tupled(value)})
     except HeartjaxError as e:  # a piece's own dataclass validates on construction
         raise HeartjaxError(f"config setting {key}={value!r} is invalid: {e}") from None
 
 
+def _override_parts(cfg: Config, parts: list[str], value: Any) -> Config:
+    key = ".".join(parts)
+    if key in RENAMED_KEYS:  # a key of heartjax <= 0.5 (old run folders, study records, habits)
+        key = RENAMED_KEYS[key]
+        parts = key.split(".")
+    return _set(cfg, parts, value, key)
+
+
 def override(cfg: Config, key: str, value: Any) -> Config:
     """A copy of `cfg` with the dotted `key` set to `value` (not validated: see `validate`)."""
-    return _set(cfg, key.strip().split("."), value, key.strip())
+    return _override_parts(cfg, key.strip().split("."), value)
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
@@ -73,17 +102,25 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return cfg
 
 
-def apply_tree(cfg: Config, tree: Mapping, prefix: str = "") -> Config:
-    """Apply a nested dict of values (a preset, or a config.json) key by key."""
+def _is_group(cfg: Config, parts: list[str]) -> bool:
+    """Whether `parts` names a group of keys: a section, a kinds table, or a kind's entry (new or not)."""
+    try:
+        if len(parts) > 1 and isinstance(get(cfg, ".".join(parts[:-1])), dict):
+            return True
+        node = get(cfg, ".".join(parts))
+    except HeartjaxError:
+        return False
+    return dataclasses.is_dataclass(node) or isinstance(node, dict)
+
+
+def apply_tree(cfg: Config, tree: Mapping, path: tuple[str, ...] = ()) -> Config:
+    """Apply a nested dict of values (a preset, or a config.json) key by key; a kind's name is one key."""
     for k, v in tree.items():
-        key = f"{prefix}{k}"
-        node = cfg
-        for part in key.split("."):
-            node = getattr(node, part, None)
-        if isinstance(v, Mapping) and dataclasses.is_dataclass(node):
-            cfg = apply_tree(cfg, v, key + ".")
+        parts = [*path, k]
+        if isinstance(v, Mapping) and _is_group(cfg, parts):
+            cfg = apply_tree(cfg, v, tuple(parts))
         else:
-            cfg = override(cfg, key, v)
+            cfg = _override_parts(cfg, parts, v)
     return cfg
 
 

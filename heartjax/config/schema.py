@@ -5,6 +5,11 @@ Sections hold the pieces' own dataclasses where a piece has one (`optim`: OptimC
 section with the kind's own section on top (`model_2d`, `model_25d`, `model_3d`: a field left at None takes the
 shared value); `heartjax.experiment.specs` turns them into a `UNetConfig`. Presets live in `heartjax.config.presets`.
 
+Kinds are keys, as nnU-Net keys `plans["configurations"][name]`: `plan.kinds.KIND` holds a kind's patch, batch,
+stage budget and spatial dims, `infer.kinds.KIND` its inference batch; a kind's entry inherits every value it
+leaves at None from the kind named by `inherits_from` (2.5d from 2d), so `plan.kinds.3d.patch=[32,32,32]` and
+`plan.kinds.2.5d.batch=8` are overrides, and `plan.kinds.toy.inherits_from=3d` adds a kind.
+
 `heartjax.config.overrides` sets values by dotted key; `heartjax.config.validation` checks every value.
 """
 
@@ -14,8 +19,9 @@ import dataclasses
 from typing import Any
 
 from heartjax.config.augment import AugmentConfig
-from heartjax.config.options import LossConfig, OptimConfig
-from heartjax.config.presets import DEFAULT_KINDS, KINDS  # noqa: F401 (KINDS: part of the schema's API)
+from heartjax.config.options import LossConfig, ModelConfig, OptimConfig
+from heartjax.config.presets import DEFAULT_KINDS, INFER_KINDS, KINDS, PLAN_KINDS  # noqa: F401 (KINDS: API)
+from heartjax.errors import HeartjaxError
 
 
 
@@ -40,33 +46,61 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PlanConfig:
-    target_spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0)  # None: nnU-Net's rule
-    depth: int = 3
-    patch_3d: tuple[int, int, int] | None = (48, 48, 48)  # None: from the median shape and max_patch_voxels_3d
-    patch_2d: tuple[int, int] | None = None
-    batch_3d: int = 2
-    batch_2d: int = 16
-    max_patch_voxels_3d: int = 64 ** 3
-    max_patch_voxels_2d: int = 192 ** 2
-    crop_margin_mm: float = 10.0
+class KindPlanConfig:
+    """One kind's entry of the plan (`plan.kinds.KIND`); a field left at None takes the `inherits_from` kind's."""
+
+    inherits_from: str | None = None  # another kind of plan.kinds
+    spatial_dims: int | None = None   # 3: patches of the volume; 2: in-plane patches of slices along the slice axis
+    patch: tuple[int, ...] | None = None  # None on a kind that inherits none: from the median shape
+    batch: int | None = None
+    max_patch_voxels: int | None = None  # the budget a derived patch fits in
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """U-Net settings shared by every kind (heartjax.model.unet.UNetConfig's fields of the same names)."""
+class KindInferConfig:
+    """One kind's inference settings (`infer.kinds.KIND`); None takes those of the kind its plan entry inherits."""
 
-    features: int = 8
-    max_features: int = 64
-    growth: int = 2
-    norm: str = "instance"
-    dropout: float = 0.0
-    upsample: str = "resize"
-    activation: str = "leaky_relu"
-    deep_supervision: bool = True
-    dtype: str = "float32"
-    conv_impl: str = "auto"
+    batch: int | None = None
 
+
+class KindTable(dict):
+    """One entry per kind, by name: a dict that hashes like the frozen dataclasses around it. Never mutated:
+    overrides build a new table."""
+
+    def __hash__(self):
+        return hash(frozenset(self.items()))
+
+
+def _kinds(entry: type, defaults: dict):
+    """A field holding one `entry` per kind (the entry type rides in the metadata, for overrides of new kinds)."""
+    return dataclasses.field(default_factory=lambda: KindTable({k: entry(**v) for k, v in defaults.items()}),
+                             metadata={"entry": entry})
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    target_spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0)  # None: nnU-Net's rule
+    depth: int = 3
+    kinds: dict[str, KindPlanConfig] = _kinds(KindPlanConfig, PLAN_KINDS)
+    crop_margin_mm: float = 10.0
+
+    def lineage(self, kind: str) -> list[str]:
+        """`kind`, the kind it inherits from, that kind's, and so on (a cycle stops at the first repeat)."""
+        chain = []
+        while kind is not None and kind not in chain:
+            chain.append(kind)
+            kind = self.kinds[kind].inherits_from if kind in self.kinds else None
+        return chain
+
+    def entry(self, kind: str) -> KindPlanConfig:
+        """The kind's entry with the inherited values filled in (its own `inherits_from` kept)."""
+        own = self.kinds.get(kind, KindPlanConfig())
+        return dataclasses.replace(inherited(self.kinds, self.lineage(kind), KindPlanConfig),
+                                   inherits_from=own.inherits_from)
+
+    def source(self, kind: str, field: str) -> str:
+        """The key a kind's plan value comes from (its own entry, or the one it inherits it from)."""
+        return source_key("plan.kinds", self.kinds, self.lineage(kind), field)
 
 # One kind's U-Net settings on top of `model`: ModelConfig's fields again, each None by default (take the shared
 # value), derived from ModelConfig so the model fields are written once.
@@ -102,8 +136,7 @@ class TrainConfig:
 class InferConfig:
     overlap: float = 0.5
     mirror: bool = False
-    batch_3d: int = 2
-    batch_2d: int = 16               # 2D and 2.5D
+    kinds: dict[str, KindInferConfig] = _kinds(KindInferConfig, INFER_KINDS)
     save_predictions: bool = True
 
 
@@ -124,21 +157,71 @@ class Config:
     infer: InferConfig = InferConfig()
 
 
+def inherited(entries: dict, chain: list[str], entry: type):
+    """An `entry` with, field by field, the first value that is not None along `chain` (a kind, then its parents)."""
+    values = {}
+    for kind in reversed(chain):
+        if kind in entries:
+            values.update({k: v for k, v in dataclasses.asdict(entries[kind]).items() if v is not None})
+    return entry(**values)
+
+
+def source_key(prefix: str, entries: dict, chain: list[str], field: str) -> str:
+    """The key of the entry along `chain` whose `field` is set (the kind's own key when none is)."""
+    owner = next((k for k in chain if k in entries and getattr(entries[k], field) is not None), chain[0])
+    return f"{prefix}.{owner}.{field}"
+
+
+def infer_settings(cfg: Config, kind: str) -> KindInferConfig:
+    """A kind's inference settings: its own entry, else those of the kinds its plan entry inherits from."""
+    return inherited(cfg.infer.kinds, cfg.plan.lineage(kind), KindInferConfig)
+
+
+def infer_source(cfg: Config, kind: str, field: str) -> str:
+    """The key a kind's inference value comes from."""
+    return source_key("infer.kinds", cfg.infer.kinds, cfg.plan.lineage(kind), field)
+
+
 def section_of(kind: str) -> str:
     """The config section of a model kind: "2.5d" -> "model_25d"."""
     return "model_" + kind.replace(".", "")
 
 
+def model_section(cfg: Config, kind: str) -> str | None:
+    """The section of a kind's own U-Net settings: its own, else the first of the kinds it inherits from (plan)."""
+    return next((section_of(k) for k in cfg.plan.lineage(kind) if hasattr(cfg, section_of(k))), None)
+
+
 def unet_settings(cfg: Config, kind: str) -> dict:
     """The U-Net fields of a kind: `model`, overlaid with the kind's section where it sets a value."""
-    own = getattr(cfg, section_of(kind))
     shared = dataclasses.asdict(cfg.model)
+    section = model_section(cfg, kind)
+    if section is None:
+        return shared
+    own = getattr(cfg, section)
     return {k: (shared[k] if getattr(own, k) is None else getattr(own, k)) for k in shared}
 
 
+def walk(node, parts: list[str], key: str):
+    """(value at the first name of `parts`, how many parts that name took): a field of a dataclass, or an entry of
+    a kinds table, whose names may hold dots ("2.5d"); KeyError naming `key` when there is none."""
+    if isinstance(node, dict):
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in node:
+                return node[".".join(parts[:n])], n
+        raise KeyError(key)
+    if not dataclasses.is_dataclass(node) or parts[0] not in {f.name for f in dataclasses.fields(node)}:
+        raise KeyError(key)
+    return getattr(node, parts[0]), 1
+
+
 def get(cfg: Config, key: str) -> Any:
-    """The value at a dotted key."""
-    node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
+    """The value at a dotted key (`plan.kinds.2.5d.patch` is the 2.5d entry's own patch)."""
+    node, parts = cfg, key.split(".")
+    try:
+        while parts:
+            node, n = walk(node, parts, key)
+            parts = parts[n:]
+    except KeyError:
+        raise HeartjaxError(f"unknown config setting {key!r}") from None
     return node

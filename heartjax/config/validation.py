@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from heartjax.config.options import ACTIVATIONS, CONV_IMPLS, DTYPES, NORMS, UPSAMPLES
-from heartjax.config.schema import KINDS, Config, get, section_of, unet_settings
+from heartjax.config.schema import KINDS, Config, get, infer_settings, infer_source, model_section, unet_settings
 from heartjax.errors import HeartjaxError
 
 
@@ -49,10 +49,7 @@ def _rules(cfg: Config):
     yield "plan.target_spacing", p.target_spacing is None or _nums(p.target_spacing, 3), \
         "must be None (nnU-Net's rule) or three positive numbers (mm)"
     yield "plan.depth", _int(p.depth, 1), "must be a positive integer"
-    yield "plan.patch_3d", p.patch_3d is None or _ints(p.patch_3d, 3), "must be None or three positive integers"
-    yield "plan.patch_2d", p.patch_2d is None or _ints(p.patch_2d, 2), "must be None or two positive integers"
-    for k in ("batch_3d", "batch_2d", "max_patch_voxels_3d", "max_patch_voxels_2d"):
-        yield f"plan.{k}", _int(getattr(p, k), 1), "must be a positive integer"
+    yield from _kind_rules(cfg)
     yield "plan.crop_margin_mm", _num(p.crop_margin_mm) and p.crop_margin_mm >= 0, "must be a number >= 0"
     yield "model_25d.slices", _int(cfg.model_25d.slices, 1) and cfg.model_25d.slices % 2 == 1, \
         "must be an odd positive integer (the centre slice and as many on each side)"
@@ -68,8 +65,28 @@ def _rules(cfg: Config):
     yield "train.ema_decay", _num(t.ema_decay) and 0 <= t.ema_decay < 1, "must be in [0, 1)"
     yield "infer.overlap", _num(i.overlap) and 0 <= i.overlap < 1, "must be in [0, 1)"
     yield "infer.mirror", isinstance(i.mirror, bool), "must be true or false"
-    for k in ("batch_3d", "batch_2d"):
-        yield f"infer.{k}", _int(getattr(i, k), 1), "must be a positive integer"
+    for kind in i.kinds:
+        yield f"infer.kinds.{kind}", kind in p.kinds, f"names no kind of plan.kinds ({list(p.kinds)})"
+    for kind in p.kinds:
+        yield infer_source(cfg, kind, "batch"), _int(infer_settings(cfg, kind).batch, 1), "must be a positive integer"
+
+
+def _kind_rules(cfg: Config):
+    """(key, ok, what) for each kind's plan entry, the values it inherits checked under the key they come from."""
+    p = cfg.plan
+    for kind, own in p.kinds.items():
+        chain = p.lineage(kind)
+        yield f"plan.kinds.{kind}.inherits_from", own.inherits_from is None or (
+            own.inherits_from in p.kinds and chain[-1] in p.kinds and p.kinds[chain[-1]].inherits_from is None), \
+            f"must be None or another kind of plan.kinds ({list(p.kinds)}), without a cycle"
+        e = p.entry(kind)
+        yield p.source(kind, "spatial_dims"), e.spatial_dims in (2, 3), \
+            "must be 2 (slices) or 3 (volume patches); a new kind sets it or inherits_from a kind"
+        yield p.source(kind, "patch"), e.patch is None or _ints(e.patch, e.spatial_dims), \
+            f"must be None (from the data) or {e.spatial_dims} positive integers"
+        yield p.source(kind, "batch"), _int(e.batch, 1), "must be a positive integer"
+        yield p.source(kind, "max_patch_voxels"), e.patch is not None or _int(e.max_patch_voxels, 1), \
+            "must be a positive integer (the budget of a patch derived from the data)"
 
 
 def _stage_widths(m: dict, depth: int) -> list[int]:
@@ -95,8 +112,8 @@ def _model_rules(m: dict, depth: int):
 
 def _model_key(cfg: Config, kind: str, field: str) -> str:
     """The key a kind's U-Net field comes from: the kind's own section where it sets it, else `model`."""
-    own = getattr(cfg, section_of(kind))
-    return f"{section_of(kind)}.{field}" if getattr(own, field) is not None else f"model.{field}"
+    section = model_section(cfg, kind)
+    return f"{section}.{field}" if section and getattr(get(cfg, section), field) is not None else f"model.{field}"
 
 
 def validate(cfg: Config) -> Config:
@@ -112,7 +129,7 @@ def validate(cfg: Config) -> Config:
             getattr(cfg, section).validate()
         except HeartjaxError as e:
             raise HeartjaxError(f"config section {section}: {e}") from None
-    for kind in KINDS:  # every kind's network, so a bad value fails before the first model trains
+    for kind in cfg.plan.kinds:  # every kind's network, so a bad value fails before the first model trains
         settings = unet_settings(cfg, kind)
         for field, ok, what in _model_rules(settings, cfg.plan.depth):
             if not ok:

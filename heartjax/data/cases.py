@@ -15,7 +15,7 @@ import numpy as np
 
 from heartjax import rng
 from heartjax.atomic import atomic_dir
-from heartjax.config import DataConfig, PlanConfig
+from heartjax.config import DataConfig, KindPlanConfig, KindTable, PlanConfig
 from heartjax.data import datasets, plan as plan_lib, preprocess
 from heartjax.data.io import images
 from heartjax.data.io.quirks import Quirks
@@ -121,9 +121,7 @@ def make_plan(store: CaseStore, train_ids, p: PlanConfig, data_seed: int) -> pla
         sl = tuple(slice(lo, hi) for lo, hi in box)
         vols.append(dataclasses.replace(v, image=v.image[sl], label=v.label[sl]))
     fp = plan_lib.fingerprint(vols, modality, seed=rng.seed_for(data_seed, "fingerprint"))
-    return plan_lib.make_plan(fp, depth=p.depth, target_spacing=p.target_spacing, patch_3d=p.patch_3d,
-                              patch_2d=p.patch_2d, batch_3d=p.batch_3d, batch_2d=p.batch_2d,
-                              max_patch_voxels_3d=p.max_patch_voxels_3d, max_patch_voxels_2d=p.max_patch_voxels_2d,
+    return plan_lib.make_plan(fp, plan_lib.plan_kinds(p), depth=p.depth, target_spacing=p.target_spacing,
                               crop_margin_mm=p.crop_margin_mm)
 
 
@@ -154,6 +152,7 @@ def cross_modality(ds: datasets.Dataset, d: DataConfig, split: dict, plan: plan_
 
 def _plan_config(plan: plan_lib.Plan) -> PlanConfig:
     """A PlanConfig that reproduces a plan's geometry (for a second fingerprint whose normalisation is wanted)."""
-    return PlanConfig(target_spacing=plan.target_spacing, depth=plan.depth, patch_3d=plan.patch_3d,
-                      patch_2d=plan.patch_2d, batch_3d=plan.batch_3d, batch_2d=plan.batch_2d,
+    kinds = KindTable({k: KindPlanConfig(e.inherits_from, e.spatial_dims, e.patch, e.batch)
+                       for k, e in plan.kinds.items()})
+    return PlanConfig(target_spacing=plan.target_spacing, depth=plan.depth, kinds=kinds,
                       crop_margin_mm=plan.crop_margin_mm)

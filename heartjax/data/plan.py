@@ -1,6 +1,8 @@
 """Dataset fingerprint and an nnU-Net-like plan: target spacing, normalisation, patch and batch sizes, strides.
 
-The plan is data (a frozen dataclass that round-trips through JSON); every field can be overridden by config.
+The plan is data (a frozen dataclass that round-trips through JSON), keyed by model kind as nnU-Net keys
+`plans["configurations"]`: each kind's spacing, patch, batch and stage layout under its name. Config sets the
+inputs (`plan.*`, `plan.kinds.KIND.*`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from heartjax.config.presets import OLD_PLAN_SUFFIXES, PLAN_KINDS
+from heartjax.config.schema import KindPlanConfig, KindTable, PlanConfig
 from heartjax.errors import HeartjaxError
 
 ANISO_THRESHOLD = 3.0  # nnU-Net: an axis > 3x coarser than the others is "anisotropic"
@@ -64,11 +68,26 @@ def fingerprint(volumes: Sequence, modality: str, max_samples_per_case: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """Everything preprocessing, sampling and the two networks need to agree on.
+class KindPlan:
+    """One kind's entry of the plan, as nnU-Net's plans["configurations"][name]: the spacing of its axes, its patch
+    and batch, and its stage layout (`strides[i]` into stage i + 1, `kernels[i]` of stage i). A 3D kind's axes are
+    the volume's; a 2D kind's the two in-plane axes (those other than the plan's slice axis, in order)."""
 
-    Axes are RAS. `slice_axis` is the axis 2D slices are cut along (the coarsest one, the acquisition's).
-    `patch_3d` is [X, Y, Z]; `patch_2d` is the in-plane patch (the two axes other than slice_axis, in order).
+    spatial_dims: int
+    spacing: tuple[float, ...]
+    patch: tuple[int, ...]
+    batch: int
+    strides: tuple[tuple[int, ...], ...]
+    kernels: tuple[tuple[int, ...], ...]
+    inherits_from: str | None = None  # the kind whose settings it took where it set none (config plan.kinds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything preprocessing, sampling and the networks need to agree on.
+
+    Axes are RAS. `slice_axis` is the axis 2D slices are cut along (the coarsest one, the acquisition's). `kinds`
+    holds each model kind's entry (`KindPlan`), by name.
     """
 
     target_spacing: tuple[float, float, float]
@@ -78,15 +97,8 @@ class Plan:
     ct_mean: float
     ct_std: float
     slice_axis: int
-    patch_3d: tuple[int, int, int]
-    batch_3d: int
-    strides_3d: tuple[tuple[int, ...], ...]
-    kernels_3d: tuple[tuple[int, ...], ...]
-    patch_2d: tuple[int, int]
-    batch_2d: int
-    strides_2d: tuple[tuple[int, ...], ...]
-    kernels_2d: tuple[tuple[int, ...], ...]
     depth: int
+    kinds: dict[str, KindPlan]
     crop_margin_mm: float = 10.0
 
     def to_json(self) -> dict:
@@ -96,7 +108,9 @@ class Plan:
     def from_json(cls, data: Mapping[str, Any]) -> "Plan":
         def tup(x):
             return tuple(tup(i) for i in x) if isinstance(x, (list, tuple)) else x
-        return cls(**{k: tup(v) for k, v in data.items()})
+        data = dict(data) if "kinds" in data else _from_old(data)
+        kinds = KindTable({k: KindPlan(**{f: tup(v) for f, v in e.items()}) for k, e in data.pop("kinds").items()})
+        return cls(**{k: tup(v) for k, v in data.items()}, kinds=kinds)
 
     def key(self) -> str:
         """A short hash identifying the preprocessing (cache key): only the fields that change preprocessed data."""
@@ -106,6 +120,36 @@ class Plan:
     def in_plane_axes(self) -> tuple[int, int]:
         """The two axes of a 2D slice."""
         return tuple(a for a in range(3) if a != self.slice_axis)
+
+    def kind(self, name: str) -> KindPlan:
+        """The entry of model kind `name`; HeartjaxError naming the kinds the plan has when it has none."""
+        if name not in self.kinds:
+            raise HeartjaxError(f"the plan has no entry for model kind {name!r} (it has {list(self.kinds)}); add one "
+                                f"in the config, e.g. plan.kinds.{name}.inherits_from=KIND, and plan again")
+        return self.kinds[name]
+
+
+def _from_old(data: Mapping[str, Any]) -> dict:
+    """A plan.json of heartjax <= 0.5 (fields patch_3d, batch_2d, ...) in today's layout, kinds as keys."""
+    data, kinds = dict(data), {}
+    if not all(f"{f}{s}" in data for f in ("patch", "batch", "strides", "kernels") for s in OLD_PLAN_SUFFIXES):
+        raise HeartjaxError("plan.json has neither `kinds` (this heartjax) nor the fields patch_3d, batch_3d, "
+                            "strides_3d, kernels_3d and their _2d twins (heartjax <= 0.5); plan the run again")
+    for suffix, kind in OLD_PLAN_SUFFIXES.items():
+        patch = data.pop(f"patch{suffix}")
+        kinds[kind] = dict(spatial_dims=len(patch), patch=patch, batch=data.pop(f"batch{suffix}"),
+                           spacing=kind_spacing(data["target_spacing"], data["slice_axis"], len(patch)),
+                           strides=data.pop(f"strides{suffix}"), kernels=data.pop(f"kernels{suffix}"))
+    for kind, entry in PLAN_KINDS.items():  # kinds that took an old entry whole (2.5d: 2d's)
+        if kind not in kinds and entry.get("inherits_from") in kinds:
+            kinds[kind] = {**kinds[entry["inherits_from"]], "inherits_from": entry["inherits_from"]}
+    return {**data, "kinds": kinds}
+
+
+def kind_spacing(target_spacing, slice_axis: int, spatial_dims: int) -> tuple[float, ...]:
+    """The spacing of a kind's axes: all three in 3D, the in-plane two in 2D."""
+    axes = range(3) if spatial_dims == 3 else [a for a in range(3) if a != slice_axis]
+    return tuple(float(target_spacing[a]) for a in axes)
 
 
 def target_spacing_from(spacings: np.ndarray) -> np.ndarray:
@@ -145,48 +189,54 @@ def _fit_patch(median_shape, divisor, max_voxels, max_edge):
     return tuple(patch)
 
 
-def make_plan(fp: Fingerprint, depth: int = 4, target_spacing=None, patch_3d=None, patch_2d=None,
-              batch_3d: int = 2, batch_2d: int = 16, max_patch_voxels_3d: int = 96**3,
-              max_patch_voxels_2d: int = 256**2, crop_margin_mm: float = 10.0) -> Plan:
-    """Derive a plan from a fingerprint; any argument that is not None overrides the derived value."""
+def _kind_entry(name: str, k: KindPlanConfig, tspacing: np.ndarray, median_shape: np.ndarray, slice_axis: int,
+                depth: int) -> KindPlan:
+    """One kind's entry: its patch (given, or fitted to the median shape) and the stage layout for it."""
+    if k.spatial_dims not in (2, 3) or k.batch is None or k.batch < 1:
+        raise HeartjaxError(f"plan.kinds.{name} needs spatial_dims 2 or 3 and a batch >= 1, got {k}")
+    axes = list(range(3)) if k.spatial_dims == 3 else [a for a in range(3) if a != slice_axis]
+    patch = k.patch
+    if patch is None and k.spatial_dims == 3:
+        provisional = [max(8, int(m)) for m in median_shape]
+        strides, _ = stage_layout(tspacing, provisional, depth)
+        div = tuple(math.prod(s[a] for s in strides) for a in range(3))
+        patch = _fit_patch(median_shape, div, k.max_patch_voxels, max_edge=256)
+    elif patch is None:
+        patch = _fit_patch(median_shape[axes], (2**depth, 2**depth), k.max_patch_voxels, max_edge=512)
+    patch = tuple(int(p) for p in patch)
+    strides, kernels = stage_layout(tspacing[axes], patch, depth)
+    div = [math.prod(s[a] for s in strides) for a in range(len(patch))]
+    if len(patch) != k.spatial_dims or any(p % d or p <= 0 for p, d in zip(patch, div)):
+        raise HeartjaxError(f"plan.kinds.{name}.patch {patch} must be {k.spatial_dims} positive multiples of "
+                            f"{tuple(div)} for depth {depth}")
+    return KindPlan(k.spatial_dims, kind_spacing(tspacing, slice_axis, k.spatial_dims), patch, int(k.batch),
+                    strides, kernels, k.inherits_from)
+
+
+def make_plan(fp: Fingerprint, kinds: Mapping[str, KindPlanConfig], depth: int = 4, target_spacing=None,
+              crop_margin_mm: float = 10.0) -> Plan:
+    """Derive a plan from a fingerprint; `kinds`: each kind's settings (inherited values filled in, e.g.
+    `PlanConfig.entry`); a patch or target spacing that is not None overrides the derived value."""
     spacings = np.array(fp.spacings, float)
     tspacing = np.array(target_spacing, float) if target_spacing is not None else target_spacing_from(spacings)
     if tspacing.shape != (3,) or np.any(tspacing <= 0):
         raise HeartjaxError(f"plan.target_spacing must be three positive numbers in mm, got {target_spacing}")
-    if batch_3d < 1 or batch_2d < 1:
-        raise HeartjaxError(f"plan.batch_3d and plan.batch_2d must be >= 1, got {batch_3d}, {batch_2d}")
     shapes_mm = np.array(fp.shapes, float) * spacings
     median_shape = np.median(shapes_mm, axis=0) / tspacing
     slice_axis = int(np.argmax(np.median(spacings, axis=0)))
     if np.allclose(np.median(spacings, axis=0), np.median(spacings, axis=0).max(), rtol=0.05):
         slice_axis = 2  # isotropic: slice axially, as CT is read
-
-    if patch_3d is None:
-        provisional = [max(8, int(m)) for m in median_shape]
-        strides3, _ = stage_layout(tspacing, provisional, depth)
-        div3 = tuple(math.prod(s[a] for s in strides3) for a in range(3))
-        patch_3d = _fit_patch(median_shape, div3, max_patch_voxels_3d, max_edge=256)
-    patch_3d = tuple(int(p) for p in patch_3d)
-    strides3, kernels3 = stage_layout(tspacing, patch_3d, depth)
-
-    inplane = [a for a in range(3) if a != slice_axis]
-    if patch_2d is None:
-        div2 = (2**depth, 2**depth)
-        patch_2d = _fit_patch(median_shape[inplane], div2, max_patch_voxels_2d, max_edge=512)
-    patch_2d = tuple(int(p) for p in patch_2d)
-    strides2, kernels2 = stage_layout(tspacing[inplane], patch_2d, depth)
-
-    for name, patch, strides in (("patch_3d", patch_3d, strides3), ("patch_2d", patch_2d, strides2)):
-        div = [math.prod(s[a] for s in strides) for a in range(len(patch))]
-        if any(p % d or p <= 0 for p, d in zip(patch, div)):
-            raise HeartjaxError(f"plan.{name} {patch} must be positive multiples of {tuple(div)} for depth {depth}")
-
+    entries = KindTable({name: _kind_entry(name, k, tspacing, median_shape, slice_axis, depth)
+                         for name, k in kinds.items()})
     clip = (fp.fg_p005, fp.fg_p995)
     return Plan(
         target_spacing=tuple(float(s) for s in tspacing), modality=fp.modality,
         normalization="ct" if fp.modality == "ct" else "zscore",
         ct_clip=(float(clip[0]), float(clip[1])), ct_mean=fp.fg_mean, ct_std=max(fp.fg_std, 1e-6),
-        slice_axis=slice_axis, patch_3d=patch_3d, batch_3d=int(batch_3d), strides_3d=strides3, kernels_3d=kernels3,
-        patch_2d=patch_2d, batch_2d=int(batch_2d), strides_2d=strides2, kernels_2d=kernels2, depth=int(depth),
-        crop_margin_mm=float(crop_margin_mm),
+        slice_axis=slice_axis, depth=int(depth), kinds=entries, crop_margin_mm=float(crop_margin_mm),
     )
+
+
+def plan_kinds(p: PlanConfig) -> dict[str, KindPlanConfig]:
+    """Every kind's settings of a PlanConfig, inherited values filled in (what `make_plan` takes)."""
+    return {kind: p.entry(kind) for kind in p.kinds}

@@ -174,8 +174,9 @@ def markdown(results: Mapping, plan, scheme: str) -> str:
              f"data seed {results['data_seed']}.",
              f"Patients: {split['train']} train, {split['val']} validation, {split['test']} test (patient-level split; "
              f"test patients seen by no model).",
-             f"Plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d} x {plan.batch_3d}, "
-             f"2D patch {plan.patch_2d} x {plan.batch_2d} (slices along axis {plan.slice_axis}).", "",
+             f"Plan: spacing {plan.target_spacing} mm, slices along axis {plan.slice_axis}; " + ", ".join(
+                 f"{k} patch {plan.kinds[k].patch} x {plan.kinds[k].batch}" for k in models if k in plan.kinds)
+             + ".", "",
              "| model | steps | train s | infer s/case | params | mesh (global / per-device batch) | mean Dice | "
              "whole-heart Dice |", "|---|---|---|---|---|---|---|---|"]
     for k, m in models.items():

@@ -125,7 +125,8 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
             atomic.write_json(run.plan, plan.to_json())
             atomic.write_json(run.label_scheme, ds.scheme.to_json())
     log(f"split: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test patients; "
-        f"plan: spacing {plan.target_spacing} mm, 3D patch {plan.patch_3d}, 2D patch {plan.patch_2d}")
+        f"plan: spacing {plan.target_spacing} mm, " + ", ".join(
+            f"{k} patch {plan.kinds[k].patch}" for k in cfg.train.models if k in plan.kinds))
     pre = cases_lib.preprocess_ids(store, split["train"] + split["val"] + split["test"], plan, cfg.data.cache_dir)
     store.release(split["train"], keep_labels=split["val"] + split["test"], keep_image=tuple(split["test"][:1]))
     store.report_quirks(log)

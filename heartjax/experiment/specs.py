@@ -9,7 +9,10 @@ validation, whole-volume inference, predict) asks the spec. The kinds, as nnU-Ne
           (edge slices replicated); intensity augmentations act identically on the K channels.
   "3d"    a 3D U-Net on patches, sliding-window inference.
 
-Adding a kind is adding one builder to `BUILDERS` (and its `model_<kind>` config section).
+Each kind's patch, batch and stage layout is its entry of the plan (`plan.kinds.KIND`, set by the config's
+`plan.kinds.KIND`; 2.5d inherits 2d's). Adding a kind is one builder in `BUILDERS` and its plan entry (e.g.
+`plan.kinds.NAME.inherits_from=3d` plus what differs); its U-Net settings are `model_<kind>` where that section
+exists, else those of the kind it inherits from.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from heartjax import config as config_lib
-from heartjax.data.plan import Plan
+from heartjax.data.plan import KindPlan, Plan
 from heartjax.data.sampling import PatchSampler
 from heartjax.errors import HeartjaxError
 from heartjax.eval.inference import slicewise_predict, sliding_window_predict
@@ -48,7 +51,7 @@ class ModelSpec:
     infer_batch: int
     overlap: float
     mirror: bool
-    batch_key: str = "plan.batch_3d"  # the config setting of `batch`, for error messages
+    batch_key: str = "plan.kinds.KIND.batch"  # the config setting of `batch`, for error messages
 
     @property
     def spatial_dims(self) -> int:
@@ -81,39 +84,60 @@ class ModelSpec:
         return cls(**fields)
 
 
-def _unet(cfg: config_lib.Config, kind: str, num_classes: int, spatial_dims: int, in_channels: int,
-          strides, kernels, depth: int) -> UNetConfig:
-    unet = UNetConfig(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, depth=depth,
-                      strides=strides, kernel_sizes=kernels, **config_lib.unet_settings(cfg, kind))
+def _entry(cfg: config_lib.Config, plan: Plan, kind: str, spatial_dims: int) -> KindPlan:
+    """The kind's plan entry, which must be of `spatial_dims` for the builder asking."""
+    entry = plan.kind(kind)
+    if entry.spatial_dims != spatial_dims:
+        raise HeartjaxError(f"config setting {cfg.plan.source(kind, 'spatial_dims')}={entry.spatial_dims} does not "
+                            f"fit model kind {kind!r}, whose builder makes a {spatial_dims}D network")
+    return entry
+
+
+def _unet(cfg: config_lib.Config, kind: str, num_classes: int, in_channels: int, entry: KindPlan,
+          depth: int) -> UNetConfig:
+    unet = UNetConfig(spatial_dims=entry.spatial_dims, in_channels=in_channels, num_classes=num_classes, depth=depth,
+                      strides=entry.strides, kernel_sizes=entry.kernels, **config_lib.unet_settings(cfg, kind))
     unet.validate()
     return unet
 
 
-def _slices(cfg, plan: Plan, num_classes: int, kind: str, context: int) -> ModelSpec:
-    """A 2D network on slices along the plan's slice axis, `context` of them per sample as channels."""
+def build_slices(cfg, plan: Plan, num_classes: int, kind: str, context: int = 1) -> ModelSpec:
+    """A 2D network on slices along the plan's slice axis, `context` of them per sample as channels, with the
+    patch, batch and stage layout of the kind's plan entry."""
+    entry = _entry(cfg, plan, kind, 2)
     aug = dataclasses.replace(cfg.augment, rotation_axes=None,  # a 2D rotation is always in-plane
                               joint_channels=context > 1)
-    unet = _unet(cfg, kind, num_classes, 2, context, plan.strides_2d, plan.kernels_2d, plan.depth)
-    return ModelSpec(kind, unet, tuple(plan.patch_2d), plan.batch_2d, plan.slice_axis, context, aug,
-                     cfg.infer.batch_2d, cfg.infer.overlap, cfg.infer.mirror, "plan.batch_2d")
+    unet = _unet(cfg, kind, num_classes, context, entry, plan.depth)
+    return ModelSpec(kind, unet, tuple(entry.patch), entry.batch, plan.slice_axis, context, aug,
+                     config_lib.infer_settings(cfg, kind).batch, cfg.infer.overlap, cfg.infer.mirror,
+                     cfg.plan.source(kind, "batch"))
+
+
+def build_volume(cfg, plan: Plan, num_classes: int, kind: str) -> ModelSpec:
+    """A 3D network on patches of the kind's plan entry, applied by sliding window."""
+    entry = _entry(cfg, plan, kind, 3)
+    unet = _unet(cfg, kind, num_classes, 1, entry, plan.depth)
+    return ModelSpec(kind, unet, tuple(entry.patch), entry.batch, None, 1, cfg.augment,
+                     config_lib.infer_settings(cfg, kind).batch, cfg.infer.overlap, cfg.infer.mirror,
+                     cfg.plan.source(kind, "batch"))
 
 
 def build_2d(cfg, plan: Plan, num_classes: int) -> ModelSpec:
-    return _slices(cfg, plan, num_classes, "2d", 1)
+    return build_slices(cfg, plan, num_classes, "2d")
 
 
 def build_25d(cfg, plan: Plan, num_classes: int) -> ModelSpec:
-    return _slices(cfg, plan, num_classes, "2.5d", cfg.model_25d.slices)
+    return build_slices(cfg, plan, num_classes, "2.5d", cfg.model_25d.slices)
 
 
 def build_3d(cfg, plan: Plan, num_classes: int) -> ModelSpec:
-    unet = _unet(cfg, "3d", num_classes, 3, 1, plan.strides_3d, plan.kernels_3d, plan.depth)
-    return ModelSpec("3d", unet, tuple(plan.patch_3d), plan.batch_3d, None, 1, cfg.augment, cfg.infer.batch_3d,
-                     cfg.infer.overlap, cfg.infer.mirror)
+    return build_volume(cfg, plan, num_classes, "3d")
 
 
-# The kinds, by name: a kind is its builder `build(cfg, plan, num_classes) -> ModelSpec`. Registering one is one
-# entry (`BUILDERS["name"] = build`), from anywhere (a test, a script); everything downstream asks the spec.
+# The kinds, by name: a kind is its builder `build(cfg, plan, num_classes) -> ModelSpec` (`build_volume` or
+# `build_slices` with the kind's name, for most) and its plan entry. Registering one is one entry
+# (`BUILDERS["name"] = build`) plus `plan.kinds.name.*`, from anywhere (a test, a script); everything downstream asks
+# the spec.
 BUILDERS: dict[str, Callable[..., ModelSpec]] = {"2d": build_2d, "2.5d": build_25d, "3d": build_3d}
 assert set(config_lib.KINDS) <= set(BUILDERS)
 
@@ -124,6 +148,11 @@ def check_kinds(cfg: config_lib.Config) -> config_lib.Config:
     if unknown:
         raise HeartjaxError(f"config setting train.models={list(cfg.train.models)!r} is invalid: {unknown[0]!r} is "
                             f"not a model kind; the kinds are {list(BUILDERS)}")
+    homeless = [k for k in cfg.train.models if k not in cfg.plan.kinds]
+    if homeless:
+        raise HeartjaxError(f"config setting train.models={list(cfg.train.models)!r} is invalid: {homeless[0]!r} has "
+                            f"no plan entry; add one, e.g. plan.kinds.{homeless[0]}.inherits_from=KIND (plan.kinds: "
+                            f"{list(cfg.plan.kinds)})")
     return cfg
 
 

@@ -23,31 +23,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from heartjax import conv as conv_lib
-from heartjax.config.options import ACTIVATIONS, NORMS, UPSAMPLES
+from heartjax.config.options import ACTIVATIONS, DTYPES, NORMS, UPSAMPLES, ModelConfig
 from heartjax.errors import HeartjaxError
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
-    """U-Net hyper-parameters. `strides[i]` is the per-axis downsampling into stage i + 1."""
+class UNetConfig(ModelConfig):
+    """U-Net hyper-parameters: the config's model options (`ModelConfig`: features, norm, dtype, ..., written once
+    there) and the geometry a spec derives from the plan. `strides[i]` is the per-axis downsampling into stage i + 1.
+    """
 
     spatial_dims: int = 3
     in_channels: int = 1
     num_classes: int = 8
-    features: int = 16
     depth: int = 4
-    growth: int = 2
-    max_features: int = 320
-    norm: str = "instance"
-    dropout: float = 0.0
-    upsample: str = "resize"
-    activation: str = "leaky_relu"
-    deep_supervision: bool = False
-    dtype: str = "float32"
     strides: tuple[tuple[int, ...], ...] | None = None
     kernel_sizes: tuple[tuple[int, ...], ...] | None = None
     group_size: int = 8
-    conv_impl: str = "auto"
 
     def stage_features(self) -> list[int]:
         """Channels of each of the depth + 1 stages."""
@@ -92,8 +84,8 @@ class UNetConfig:
             bad("activation", f"must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", f"must be in [0, 1), got {self.dropout}")
-        if self.dtype not in ("float32", "bfloat16"):
-            bad("dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            bad("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         if len(self.stage_strides()) != self.depth or any(len(s) != self.spatial_dims for s in self.stage_strides()):
             bad("strides", f"need {self.depth} tuples of {self.spatial_dims} ints, got {self.strides}")
         if len(self.stage_kernels()) != self.depth + 1 or any(len(k) != self.spatial_dims for k in self.stage_kernels()):

@@ -1,7 +1,7 @@
 """Data parallelism over every device, on one host or several, with JAX's own runtime (jax.sharding, jax.distributed).
 
 One `Mesh` with the axis "data" over all devices of all processes. The batch of a step is the *global* batch
-(`plan.batch_*`), sharded along "data"; the train state is replicated. Each process cuts only its share of the
+(`plan.kinds.KIND.batch`), sharded along "data"; the train state is replicated. Each process cuts only its share of the
 global batch (its rows of the "data" axis) from the one sample stream of the step, and the global array is built
 with `jax.make_array_from_process_local_data`, so 1 device and N devices, 1 process and P processes, train on
 exactly the same samples and keys. Only process 0 writes files.
