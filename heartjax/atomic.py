@@ -61,11 +61,14 @@ def write_json(path: str | os.PathLike, data: Any, **kwargs) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
+               keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to `path` when the block ends without an error.
 
     Yields the temporary folder (hidden, beside `path`). With `overwrite`, an existing `path` is replaced;
-    otherwise it must not exist (FileExistsError, raised before the block runs and again at the rename). On an
+    otherwise it must not exist (FileExistsError, raised before the block runs and again at the rename). `keep`:
+    where `path` exists at the rename and `keep(path)` is true (another process finished the same content first),
+    the existing folder stays and the new one is discarded, so a reader of `path` never sees it replaced. On an
     error the temporary folder is removed and `path` is left as it was.
     """
     path = Path(path)
@@ -76,6 +79,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp.mkdir()
     try:
         yield tmp
+        if path.exists() and keep is not None and keep(path):
+            return
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists")

@@ -271,7 +271,7 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     latest = root / "b" / "tiny" / "steps6" / "seed1" / "checkpoints" / "2d" / "latest"
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
-        if latest.is_dir() and any(p.name.startswith("step_") for p in latest.iterdir()):
+        if latest.is_dir() and any(p.name.startswith("step_") and "tmp" not in p.name for p in latest.iterdir()):
             break
         time.sleep(0.02)
     killed = proc.poll() is None

@@ -169,3 +169,17 @@ def test_atomic_dir_overwrite_replaces_a_file(tmp_path):
         (tmp / "x").write_text("x")
     assert target.is_dir() and listing(target) == ["x"] and listing(tmp_path) == ["run"]
 
+
+
+def test_atomic_dir_keeps_a_folder_another_process_finished_first(tmp_path):
+    target = tmp_path / "phantom"
+    with atomic.atomic_dir(target, overwrite=True, keep=lambda p: (p / ".complete").exists()) as tmp:
+        (tmp / "a.txt").write_text("mine")
+        target.mkdir()  # meanwhile another writer renamed its finished folder into place
+        (target / "a.txt").write_text("theirs")
+        (target / ".complete").write_text("ok")
+    assert (target / "a.txt").read_text() == "theirs"  # kept: a reader of it never sees it replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["phantom"]  # the new one is discarded
+    with atomic.atomic_dir(target, overwrite=True, keep=lambda p: False) as tmp:  # not complete: replaced as before
+        (tmp / "a.txt").write_text("mine")
+    assert (target / "a.txt").read_text() == "mine"

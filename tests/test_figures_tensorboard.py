@@ -183,7 +183,7 @@ def test_run_hparams_are_the_changed_keys_plus_identity():
     cfg = experiment.config("smoke", overrides=["seed=3", "optim.lr=0.01"])
     hp = run_hparams(cfg, "3d")
     assert (hp["kind"], hp["preset"], hp["seed"], hp["data.seed"]) == ("3d", "smoke", 3, 0)
-    assert hp["optim.lr"] == 0.01 and hp["train.steps"] == 8 and hp["plan.patch_3d"] == [16, 16, 16]
+    assert hp["optim.lr"] == 0.01 and hp["train.steps"] == 8 and hp["plan.kinds.3d.patch"] == [16, 16, 16]
     assert "optim.name" not in hp  # unchanged from the defaults
     assert closest_preset(experiment.config("default")) == "default"
     assert run_hparams(experiment.config("default"), "2d") == {"kind": "2d", "preset": "default", "seed": 0,
@@ -274,5 +274,5 @@ def test_smoke_run_events_answer_the_questions(tmp_path, monkeypatch):
     assert min(acc.Images("test/overlay")[0].width, acc.Images("test/overlay")[0].height) >= 256
     start = plugin_data_pb2.HParamsPluginData.FromString(
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    assert {"kind", "preset", "seed", "data.seed", "train.steps", "plan.patch_2d"} <= set(start.hparams)
+    assert {"kind", "preset", "seed", "data.seed", "train.steps", "plan.kinds.2d.patch"} <= set(start.hparams)
     assert start.hparams["preset"].string_value == "smoke"

@@ -221,22 +221,31 @@ def test_two_hearts_the_true_one_is_kept_for_every_structure(false_myo_size):
     np.testing.assert_array_equal(keep_main_component(plane), true[:, :, 26])
 
 
-def test_heart_region_tie_breaks_structures_anchors_voxels_then_scan_order():
+def test_heart_region_tie_breaks_structures_anchors_centre_voxels_then_scan_order():
     def partial(labels, corner, myo=3, lv=3, lv_label=LV):
         cube(labels, corner, myo, MYO)
         return cube(labels, (corner[0] + myo, corner[1], corner[2]), lv, lv_label)
 
-    # equal structures, anchors and voxels: the region first in scan order
-    labels = partial(partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1)), (14, 14, 14))
+    def heart(labels, centre, myo=3):  # a MYO cube with a 3-voxel LV cube on either side, centred on `centre`
+        x, y, z = centre
+        cube(labels, (x - myo // 2,) * 1 + (y - myo // 2, z - myo // 2), myo, MYO)
+        cube(labels, (x - myo // 2 - 3, y - 1, z - 1), 3, LV)
+        return cube(labels, (x + myo // 2 + 1, y - 1, z - 1), 3, LV)
+
+    # mirror images about the field's centre (equally far from it), equal voxels: the region first in scan order
+    labels = heart(heart(np.zeros((40, 40, 40), np.uint8), (5, 5, 5)), (34, 34, 34))
+    out = keep_main_component(labels)  # (the LV, found on both sides of its MYO, keeps one side)
+    assert out[5, 5, 5] == MYO and (out[2, 5, 5] == LV) != (out[8, 5, 5] == LV) and not out[30:].any()
+    out = keep_main_component(labels[::-1, ::-1, ::-1])[::-1, ::-1, ::-1]  # the other region comes first: kept
+    assert out[34, 34, 34] == MYO and not out[:10].any()
+    # equally far from the centre, more voxels (a 5-voxel MYO cube) win over scan order
+    labels = heart(heart(np.zeros((40, 40, 40), np.uint8), (5, 5, 5)), (34, 34, 34), myo=5)
     out = keep_main_component(labels)
-    np.testing.assert_array_equal(out, partial(np.zeros_like(labels), (1, 1, 1)))
-    flipped = labels[::-1, ::-1, ::-1]  # the other region now comes first and is kept
-    np.testing.assert_array_equal(keep_main_component(flipped),
-                                  partial(np.zeros_like(labels), (14, 14, 14))[::-1, ::-1, ::-1])
-    # one more voxel wins over scan order
-    labels = partial(partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1)), (14, 14, 14), lv=4)
+    assert (out == MYO).sum() == 125 and not out[:10].any()
+    # nearer the centre wins over voxels: a weakly trained network's larger false "heart" off to the side
+    labels = heart(heart(np.zeros((40, 40, 40), np.uint8), (20, 18, 19)), (34, 34, 34), myo=5)
     out = keep_main_component(labels)
-    assert (out == MYO).sum() == 27 and out[14, 14, 14] == MYO and (out == LV).sum() == 64
+    assert (out == MYO).sum() == 27 and out[20, 18, 19] == MYO and not out[30:].any()
     # an anchor (a structure with one component in the map: RV here) wins over voxels; the LV is found twice
     labels = partial(np.zeros((24, 24, 24), np.uint8), (1, 1, 1), myo=4, lv=4)  # 128 voxels: MYO, LV
     partial(labels, (14, 14, 14), lv_label=RV)  # 54 voxels: MYO, RV

@@ -40,7 +40,8 @@ def resolve_dataset(d: DataConfig, log: Callable = print) -> datasets.Dataset:
     if not (folder / ".complete").exists():
         log(f"writing the synthetic phantom ({d.phantom_cases} {d.phantom_modality.upper()} cases, difficulty "
             f"{d.phantom_difficulty}) to {folder}")
-        with atomic_dir(folder, overwrite=True) as tmp:
+        # a concurrent run may finish the same (deterministic) phantom first: keep its folder, never replace it
+        with atomic_dir(folder, overwrite=True, keep=lambda f: (f / ".complete").exists()) as tmp:
             write_phantom(tmp, cases=d.phantom_cases, modality=d.phantom_modality, seed=d.seed,
                           spacing=tuple(d.phantom_spacing), difficulty=d.phantom_difficulty)
             (tmp / ".complete").write_text("ok\n")
