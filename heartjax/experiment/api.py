@@ -61,11 +61,11 @@ def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         if resume:
             if not RunFolder(workdir).config.exists():
-                raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --workdir")
+                raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --out")
             return
         if not overwrite:
             raise HeartjaxError(f"run folder {workdir} exists and is not empty; pass --resume to continue it, "
-                                f"--overwrite to replace it, or choose another --workdir")
+                                f"--overwrite to replace it, or choose another --out")
         clear = True
     elif resume:
         raise HeartjaxError(f"--resume: run folder {workdir} does not exist or is empty; start without --resume")
@@ -257,8 +257,7 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
         fold_cfg = config_lib.apply_tree(cfg, {"data": {"fold": fold, "cross_validate": False}})
         if _primary():
             sub.mkdir(exist_ok=True)
-            if not RunFolder(sub).config.exists():
-                atomic.write_json(RunFolder(sub).config, config_lib.to_dict(fold_cfg))
+            atomic.write_json(RunFolder(sub).config, config_lib.to_dict(fold_cfg))  # a resume's changes too
         sync(f"fold{fold}")
         done = RunFolder(sub).results
         folds.append(Results.from_json(json.loads(done.read_text())) if done.exists()
