@@ -176,9 +176,9 @@ def test_run_folder_is_a_model(smoke_run, workspace):
     truth = workspace / "truth"
     truth.mkdir()
     os.symlink(folder / f"{case}_label.nii.gz", truth / f"{case}_image_label.nii.gz")
-    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores.json")],
+    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores")],
             cwd=workspace)
-    got = json.loads((workspace / "scores.json").read_text())["summary"]["per_case"][0]
+    got = json.loads((workspace / "scores" / "evaluation.json").read_text())["summary"]["per_case"][0]
     if decision["classes"]:  # scored here with the one metric implementation, on the truth's grid
         vol = nifti.load_volume(scan, folder / f"{case}_label.nii.gz", MMWHS, case=case)
         pred_idx, _ = nifti.load_label_file(written, MMWHS, reference_grid=vol.grid)
