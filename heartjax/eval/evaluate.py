@@ -270,9 +270,7 @@ EXAMPLE = """python -m heartjax.evaluate preds/ truth/ --scheme acdc --out score
 python -m heartjax.evaluate preds/ truth/ --workers 4 --allow-missing   # writes preds/evaluation.json"""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry; returns the exit code (0 all scored, 1 a case failed or nothing could be scored, 2 a usage
-    error: nothing written)."""
+def _parser():
     parser = cli.parser("python -m heartjax.evaluate", __doc__, EXAMPLE)
     parser.add_argument("pred_dir", help="folder of predicted label maps (NIfTI)")
     parser.add_argument("truth_dir", help="folder of ground-truth label maps (NIfTI)")
@@ -285,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="cases loaded and scored at once (threads)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="truth files without a prediction are listed, not failures (score a subset)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry; returns the exit code (0 all scored, 1 a case failed or nothing could be scored, 2 a usage
+    error: nothing written)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: give 1 or more")
