@@ -259,7 +259,7 @@ def _parse(argv):
     p = cli.parser("python -m heartjax.predict", __doc__, EXAMPLE)
     p.add_argument("run_dir", type=Path, help="a run folder of experiments.volumetric (its --out)")
     p.add_argument("inputs", nargs="+", help="NIfTI files or folders of them")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--model", choices=KINDS, default=None, help="the kind to use (default: the run's best by validation)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (NAME_probs.nii.gz)")
