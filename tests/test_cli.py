@@ -36,6 +36,7 @@ def test_help_shows_an_example(module, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "Example:" in out and f"python -m {module}" in out.split("Example:")[1]
+    assert not [a.dest for a in parser_of(module)._actions if not a.help], "options without help"
 
 
 class _Parser(Exception):

@@ -23,7 +23,7 @@ def resume_config(workdir: str | Path, overrides: Sequence[str] = (), record: bo
     """The saved config of run folder `workdir` with `key=value` overrides applied (validated). Raises
     HeartjaxError naming every changed key outside RESUMABLE; with `record`, writes the changed config.json.
 
-    Models a run already finished (eval_KIND.json) are read back, not trained further."""
+    A model the run already finished (eval_KIND.json) trains on when train.steps grew."""
     saved = load_config(Path(workdir))
     cfg = specs.check_kinds(config_lib.validate(config_lib.apply_overrides(saved, overrides)))
     changed = describe.check_resumable(saved, cfg)
