@@ -1,10 +1,11 @@
 """Ablation studies over training seeds: `python -m experiments.ablate STUDY` (`--list` shows the shipped ones).
 
-Runs every variant of the study for every training seed 0..N-1 (`seed` only: the patients, split and
-preprocessing stay fixed), one run folder per variant and seed (WORKDIR/STUDY/VARIANT/seedS), then writes
-WORKDIR/STUDY/ablation.json, ablation.md, ablation.png and the TensorBoard folder WORKDIR/STUDY/hparams.
+Runs every variant of the study for every training seed (`--seeds 0,1,2`, or `--num-seeds 3` for 0..2; `seed`
+only: the patients, split and preprocessing stay fixed), one run folder per variant and seed
+(OUT/STUDY/VARIANT/seedS), then writes OUT/STUDY/ablation.json, ablation.md, ablation.png and the TensorBoard
+folder OUT/STUDY/hparams.
 Each finished run's numbers are kept as a small JSON in RECORDS (default docs/studies/STUDY in the repository;
-WORKDIR/STUDY/records for the smoke preset) with their provenance: a run recorded by the running code (the same
+OUT/STUDY/records for the smoke preset) with their provenance: a run recorded by the running code (the same
 code fingerprint, docs/provenance.md) is never redone, one recorded by other code is trained again unless
 --reuse-records any, a killed one continues from its checkpoint (--resume), and `--aggregate-only` rebuilds the
 outputs from the records alone (whatever code made them; it lists the commits and machines they mix), so a long
@@ -19,26 +20,45 @@ import sys
 from pathlib import Path
 
 from experiments import studies
-from heartjax import ablation, atomic, provenance
-from heartjax.config import presets
+from heartjax import ablation, atomic, experiment, provenance
+from heartjax import cli as cli_lib
+from heartjax.config import describe, parse_value, presets
 from heartjax.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "studies"
 
 
+EXAMPLE = """python -m experiments.ablate --list
+python -m experiments.ablate norm --preset smoke --num-seeds 2 --out runs/ablation   # a few minutes: a trial
+python -m experiments.ablate patients --seeds 0,1,2 --resume
+python -m experiments.ablate budget --preset acdc --data data/acdc-ed --num-seeds 3 --max-runs 4
+python -m experiments.ablate patients --aggregate-only --figure docs/studies/patients.png
+python -m experiments.ablate --show-config smoke"""
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_lib.parser("python -m experiments.ablate", __doc__, EXAMPLE)
     p.add_argument("study", nargs="?", help="a shipped study (see --list) or the path of a .py file defining STUDY")
-    p.add_argument("overrides", nargs="*", help="config overrides under the variants, e.g. data.cache_dir=/tmp/c")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides under the variants, e.g. data.cache_dir=/tmp/c (--show-config lists "
+                        "the keys); one that contradicts a flag is an error")
     p.add_argument("--list", action="store_true", help="print the shipped studies, one line each, and exit")
-    p.add_argument("--data", default=None, help="dataset folder (default: the study's preset, the phantom for most)")
-    p.add_argument("--preset", default="default", help=f"{' | '.join(presets.PRESETS)} (default: default)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the study's, 3)")
-    p.add_argument("--workdir", type=Path, default=Path("runs/ablation"), help="runs go to WORKDIR/STUDY/...")
+    p.add_argument("--show-config", nargs="?", const="", default=None, metavar="PRESET",
+                   help="print every config key with its value, type and meaning (PRESET or --preset, the study's "
+                        "baseline and the overrides applied) and exit")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (default: the study's preset, the phantom for most)")
+    p.add_argument("--preset", default="default", choices=list(presets.PRESETS), help="config preset")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=cli_lib.int_list, default=None, metavar="S,S,...",
+                       help="training seeds, a comma list, e.g. 0,1,2 (default: the study's, 0,1,2)")
+    seeds.add_argument("--num-seeds", type=int, default=None, metavar="N",
+                       help="training seeds 0..N-1 (default: the study's, 3)")
+    cli_lib.out_folder(p, "runs go to OUT/STUDY/VARIANT/seedS", default=Path("runs/ablation"), old=("--workdir",),
+                       type=Path)
     p.add_argument("--records", type=Path, default=None,
-                   help="folder of the per-run JSONs (default: docs/studies/STUDY; smoke: WORKDIR/STUDY/records)")
+                   help="folder of the per-run JSONs (default: docs/studies/STUDY; smoke: OUT/STUDY/records)")
     p.add_argument("--resume", action="store_true", help="continue a started study (recorded runs are kept)")
     p.add_argument("--max-runs", type=int, default=None, help="run at most N runs now, then aggregate what exists")
     p.add_argument("--aggregate-only", action="store_true",
@@ -46,10 +66,39 @@ def parse_args(argv):
     p.add_argument("--reuse-records", choices=ablation.REUSE, default="match",
                    help="match (default): reuse a run record only when the code fingerprint it was made with is "
                         "the running code's, train the others again; any: reuse every record (docs/provenance.md)")
-    p.add_argument("--figure", type=Path, default=None,
+    p.add_argument("--figure", type=Path, default=None, metavar="FILE",
                    help="also write the study's figure (ablation.png) to this path, e.g. docs/studies/STUDY.png")
     p.add_argument("--verbose", action="store_true", help="print each run's own log lines too")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.seed_choice = args.seeds if args.seeds is not None else args.num_seeds
+    return args
+
+
+def check_overrides(args) -> None:
+    """An override that contradicts a flag is an error naming both: --data and data.dir=, --preset and preset=,
+    --seeds / --num-seeds and seed= (each run of a study sets its own seed)."""
+    given = describe.override_keys(args.overrides)
+    if "preset" in given:
+        raise HeartjaxError(f"{given['preset']} is not a config key; use --preset (it contradicts --preset "
+                            f"{args.preset})")
+    if "seed" in given:
+        raise HeartjaxError(f"{given['seed']} contradicts --seeds / --num-seeds: each run of a study sets its own "
+                            f"training seed; give --seeds {given['seed'].split('=', 1)[1]} instead")
+    if args.data is not None:
+        describe.check_flag_conflicts({"data.dir": (f"--data {args.data}", str(args.data))}, args.overrides,
+                                      parse_value)
+
+
+def show_config(args) -> str:
+    """--show-config: the config the study's runs start from (before each variant's own overrides)."""
+    preset = args.show_config or args.preset
+    extra = list(args.overrides)
+    if args.study:
+        study = studies.load(args.study)
+        extra = [f"train.models={list(study.kinds)!r}", *study.baseline, *extra]
+    cfg = experiment.config(preset, args.data, extra)
+    return describe.table(cfg, f"config of preset {preset}" + (f", study {args.study}'s baseline" if args.study
+                                                              else "") + "".join(f" {o}" for o in args.overrides))
 
 
 def list_lines() -> list[str]:
@@ -65,14 +114,14 @@ def records_dir(args, study: ablation.Study) -> Path:
     """Where the run records go: --records, else the repository's docs/studies/STUDY (smoke runs stay local)."""
     if args.records is not None:
         return args.records
-    return args.workdir / study.name / "records" if args.preset == "smoke" else RECORDS / study.name
+    return args.out / study.name / "records" if args.preset == "smoke" else RECORDS / study.name
 
 
 def copy_figure(args, study: ablation.Study) -> None:
     """--figure: the study's ablation.png, copied (atomically) to where the user asked."""
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(args.figure, (args.workdir / study.name / "ablation.png").read_bytes())
+        atomic.write_bytes(args.figure, (args.out / study.name / "ablation.png").read_bytes())
         print(f"figure: {args.figure}")
 
 
@@ -82,22 +131,26 @@ def cli(argv=None) -> int:
         if args.list:
             print("\n".join(list_lines()))
             return 0
+        check_overrides(args)
+        if args.show_config is not None:
+            print(show_config(args))
+            return 0
         if not args.study:
             raise HeartjaxError("name a study (python -m experiments.ablate --list shows them)")
         study = studies.load(args.study)
         records = records_dir(args, study)
         if args.aggregate_only:
-            result = ablation.aggregate_study(study, records, args.workdir, args.seeds)
+            result = ablation.aggregate_study(study, records, args.out, args.seed_choice)
             print(f"study {study.name}: {len(result['variants'])} variants from {result['runs']} run records in "
-                  f"{records} -> {args.workdir / study.name / 'ablation.json'}")
+                  f"{records} -> {args.out / study.name / 'ablation.json'}")
             print(f"provenance: {ablation.origins_text(result['provenance'])}")
             copy_figure(args, study)
             return 0
         if args.max_runs is not None and args.max_runs < 1:
             raise HeartjaxError(f"--max-runs={args.max_runs} must be a positive integer")
-        print(f"study {study.name}: {study.description}\nruns: {args.workdir / study.name}; records: {records}; "
+        print(f"study {study.name}: {study.description}\nruns: {args.out / study.name}; records: {records}; "
               f"reuse records: {args.reuse_records} (code fingerprint {provenance.fingerprint()})", flush=True)
-        ablation.run_study(study, preset=args.preset, data=args.data, seeds=args.seeds, workdir=args.workdir,
+        ablation.run_study(study, preset=args.preset, data=args.data, seeds=args.seed_choice, workdir=args.out,
                            records=records, extra=args.overrides, resume=args.resume, max_runs=args.max_runs,
                            log=lambda *a: print(*a, flush=True), run_log=print if args.verbose else None,
                            reuse=args.reuse_records)

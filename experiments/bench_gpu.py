@@ -1,7 +1,7 @@
 """Train-step speed at the `full` preset's sizes, JAX against the same network in PyTorch: `python -m
 experiments.bench_gpu`.
 
-For a machine with accelerators (it runs anywhere; `--sizes tiny` is the CPU check the tests use). Builds the 2D
+For a machine with accelerators (it runs anywhere; `--sizes tiny`, or `--quick`, is the CPU check the tests use). Builds the 2D
 and 3D models exactly as `experiment.run` would with the `full` preset (widths 32-320/512, depth 5, SGD, deep
 supervision, data parallel over every device of the machine) on a synthetic plan of isotropic 1 mm patches
 (3D 2 x 128^3, 2D 12 x 512^2), and times the jitted train step on device-resident batches (median of --steps
@@ -22,7 +22,6 @@ preset's augmentation inside the JAX step.
 --platform cuda|rocm|tpu|cpu (default: this machine's) without needing that device: how to read the program an
 accelerator would run from a laptop. --hlo DIR writes each row's compiled, optimised HLO for this machine.
 
-Example: python -m experiments.bench_gpu --rows 3d:bfloat16,2d:bfloat16 --compare-torch --torch-compile default
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ import jax
 import numpy as np
 
 from experiments.bench_common import init_train_state, machine_info, matmul_peak, timed
-from heartjax import atomic, experiment, rng
+from heartjax import atomic, cli, experiment, rng
 from heartjax.experiment import specs
 from heartjax.config.presets import PLAN_KINDS
 from heartjax.data.plan import KindPlan, Plan, stage_layout
@@ -246,13 +245,21 @@ def format_row(r: dict) -> str:
     return line
 
 
+EXAMPLE = """python -m experiments.bench_gpu --rows 3d:bfloat16,2d:bfloat16 --compare-torch --torch-compile default
+python -m experiments.bench_gpu --quick --steps 1                      # a CPU smoke test
+python -m experiments.bench_gpu --export-stablehlo hlo/ --platform cuda"""
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_gpu", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", choices=sorted(SIZES), default="full", help="network and batch sizes (default: full)")
+    p = cli.parser("python -m experiments.bench_gpu", __doc__, EXAMPLE)
+    p.add_argument("--sizes", choices=list(SIZES), default="full",
+                   help="network and batch sizes: full (the full preset's) or tiny (a smoke test; its numbers mean "
+                        "nothing)")
+    p.add_argument("--quick", dest="sizes", action="store_const", const="tiny", default=argparse.SUPPRESS,
+                   help="the same as --sizes tiny")
     p.add_argument("--rows", default="3d:bfloat16,3d:float32,2d:bfloat16,2d:float32",
                    help="KIND:DTYPE rows, timed in this order (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per row after 2 warm-ups (default: 10)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row after 2 warm-ups")
     p.add_argument("--augment", action="store_true", help="also time the JAX step with the preset's augmentation")
     p.add_argument("--compare-torch", action="store_true", help="time the PyTorch twin too (eager), alternating")
     p.add_argument("--torch-compile", default=None, metavar="MODE",

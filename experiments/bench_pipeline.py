@@ -11,7 +11,7 @@ the experiments' preprocessing cache. To keep up with an H200's train step (78 m
 margin of 2x, the pipeline must give >= 25 batches/s in 3D and >= 50 in 2D.
 
 Prints one line per row: kind, batch shape [B, *patch, C], workers, batches/s, MB/s (images float32 + labels
-uint8 transferred); `--json OUT` also writes the rows, the data and the machine.
+uint8 transferred); `--json FILE` also writes the rows, the data and the machine.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from heartjax import atomic, rng
+from heartjax import atomic, cli, rng
 from heartjax.config import presets
 from heartjax import config as config_lib
 from heartjax.data import cases as cases_lib
@@ -104,18 +104,26 @@ def parse_workers(text: str) -> list[int]:
     return out
 
 
+EXAMPLE = """python -m experiments.bench_pipeline --quick
+python -m experiments.bench_pipeline --data data/acdc-ed --workers 1,auto --json pipeline.json"""
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.cache_dir=/tmp/cache")
-    p.add_argument("--sizes", choices=sorted(SIZES), default="full")
-    p.add_argument("--data", default=None, help="dataset folder (e.g. ../shared/data/acdc-ed); default: the phantom")
+    p = cli.parser("python -m experiments.bench_pipeline", __doc__, EXAMPLE)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/tmp/cache")
+    p.add_argument("--sizes", choices=list(SIZES), default="full",
+                   help="batch and patch sizes: full (the full preset's) or tiny (a seconds-long check)")
+    p.add_argument("--quick", dest="sizes", action="store_const", const="tiny", default=argparse.SUPPRESS,
+                   help="the same as --sizes tiny")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (e.g. data/acdc-ed); default: the phantom")
     p.add_argument("--cases", type=int, default=None, help="use the first N cases (default: all)")
-    p.add_argument("--kinds", default="3d,2d")
+    p.add_argument("--models", default="3d,2d", metavar="KINDS", help="comma list of the kinds whose batches are timed")
+    p.add_argument("--kinds", dest="models", action=cli.DeprecatedAlias, new="--models", default=argparse.SUPPRESS)
     p.add_argument("--workers", default="1,auto", help="comma list of worker-thread counts; auto = min(4, cores) "
                                                        f"= {default_workers()} here")
     p.add_argument("--batches", type=int, default=None, help="timed batches per row (default 200; tiny: 20)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the rows, the data and the machine here")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows, the data and the machine here")
     args = p.parse_args(argv)
     batches = args.batches or (200 if args.sizes == "full" else 20)
     info = machine()
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
 
     rows = []
     print(f"{'kind':4} {'batch shape':>22} {'workers':>7} {'batches/s':>10} {'MB/s':>9}", flush=True)
-    for kind in (k.strip() for k in args.kinds.split(",")):
+    for kind in (k.strip() for k in args.models.split(",")):
         patch, batch = SIZES[args.sizes][kind]
         batch = -(-batch // dp.size) * dp.size  # a multiple of the device count, as training requires
         sampler = PatchSampler(pre, patch, batch, rng.seed_for(cfg.seed, f"sample/{kind}"),

@@ -1,9 +1,5 @@
 """Throughput probe of the U-Net train steps and forward passes, optionally side by side with PyTorch.
 
-    python -m experiments.benchmark [--sizes ref,default] [--repeats N] [--json FILE] [--compare-torch]
-                                    [--torch-compile MODE] [--conv-impl NAME] [--dtypes float32,bfloat16] [--upsamples resize,transpose]
-                                    [--quick]
-
 Every row is timed after compilation and one warm-up call, `--repeats` times, each call ended by
 block_until_ready; the table shows the median and the spread (min-max). Train rows time the jitted step
 WITHOUT augmentation (`jax_s`: the work PyTorch does too; its loaders augment on the host), and additionally
@@ -16,7 +12,8 @@ before and after the rows; the better median) follow from them. With
 same run, alternating JAX and PyTorch calls, and `ratio` = jax_s / torch_s (> 1: JAX is slower). The torch
 rows reuse JAX's FLOP count. --torch-compile MODE (implies --compare-torch) times a third side, the same
 PyTorch network through `torch.compile(model, mode=MODE)` (`torchc_*`, `ratio_compiled` = jax_s / torchc_s;
-its first call, the compilation, is `torchc_compile_s`). --quick (a smoke test) shrinks everything; its numbers mean nothing.
+its first call, the compilation, is `torchc_compile_s`). --sizes tiny (or --quick; a smoke test) shrinks every
+network and batch; its numbers mean nothing.
 
 --dtypes and --upsamples repeat every row per compute dtype (bfloat16 activations and convolutions with
 float32 parameters; PyTorch under autocast; rated against a bfloat16 matmul peak measured in the same run) and
@@ -46,6 +43,7 @@ import numpy as np
 
 from experiments.bench_common import (compile_all, fmt_ms, format_table, init_train_state, loadavg,
                                       machine_info, matmul_peak, timed)
+from heartjax import cli
 from heartjax import config as config_lib
 from heartjax import experiment
 from heartjax.atomic import write_json
@@ -133,7 +131,7 @@ def make_rows(sizes, quick: bool = False, conv_impl: str | None = None) -> list[
                              f"used {patch}")
             if quick:
                 model, patch, batch = dataclasses.replace(model, **tiny), (16,) * 3 if dims == 3 else (32, 32), 2
-                notes = ["--quick: shrunken"]
+                notes = ["--sizes tiny: shrunken"]
             rows.append(Row(f"train{kind}_default", "train", model, batch, tuple(patch), cfg.optim, cfg.loss, aug,
                             "; ".join(notes)))
     return rows
@@ -239,11 +237,32 @@ def run_row(row: Row, repeats: int, torch_device: str | None, seed: int = 0, par
     return out
 
 
+SIZES = ("full", "tiny")  # as experiments.bench_gpu: each row's own sizes, or tiny ones (a smoke test)
+EXAMPLE = """python -m experiments.benchmark --quick                        # a smoke test: tiny rows, 1 repeat
+python -m experiments.benchmark --rows ref --compare-torch --json bench.json
+python -m experiments.benchmark --dtypes float32,bfloat16 --upsamples resize,transpose --json gpu.json"""
+
+
+def _sizes(text: str) -> str:
+    if text in ("ref", "default") or "," in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: --sizes is the network and batch sizes (full or tiny, as in "
+                                         f"experiments.bench_gpu); the row groups are --rows, e.g. --rows {text}")
+    if text not in SIZES:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose one of {', '.join(SIZES)}")
+    return text
+
+
 def parse_args(argv):
     """The command line, validated (argparse exits 2 on a bad value)."""
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="ref,default", help="comma list of row groups: ref, default")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; --quick: 1)")
+    p = cli.parser("python -m experiments.benchmark", __doc__, EXAMPLE)
+    p.add_argument("--rows", type=cli.choice_list(("ref", "default")), default="ref,default",
+                   help="comma list of row groups: ref (the fixed reference network), default (the default preset's)")
+    p.add_argument("--sizes", type=_sizes, default="full", metavar="{full,tiny}",
+                   help="network and batch sizes: full (each row's own) or tiny (a smoke test; its numbers mean "
+                        "nothing)")
+    p.add_argument("--quick", dest="sizes", action="store_const", const="tiny", default=argparse.SUPPRESS,
+                   help="the same as --sizes tiny")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; tiny: 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--compare-torch", action="store_true", help="time the same network in PyTorch, alternating")
     p.add_argument("--torch-compile", default=None, metavar="MODE",
@@ -251,21 +270,15 @@ def parse_args(argv):
                         "(implies --compare-torch)")
     p.add_argument("--conv-impl", default=None, metavar="NAME",
                    help="model.conv_impl of every network, one of heartjax.conv.IMPLS (default: the default "
-                        "preset's). XLA options "
-                        "apply through the XLA_FLAGS environment variable and are recorded in the report")
-    p.add_argument("--dtypes", default="float32",
+                        "preset's). XLA options apply through XLA_FLAGS and are recorded in the report")
+    p.add_argument("--dtypes", type=cli.choice_list(DTYPES), default="float32",
                    help="comma list of compute dtypes: float32, bfloat16 (bfloat16 rows get '.bf16' appended, are "
                         "rated against a bfloat16 matmul peak, and PyTorch runs them under autocast)")
-    p.add_argument("--upsamples", default="resize",
+    p.add_argument("--upsamples", type=cli.choice_list(UPSAMPLE_VARIANTS), default="resize",
                    help="comma list of decoder upsamplings: resize (1x1 conv + repeat), transpose (transposed "
                         "conv; rows get '.transpose' appended)")
-    p.add_argument("--quick", action="store_true", help="tiny networks and batches, 1 repeat (a smoke test)")
     args = p.parse_args(argv)
-    for opt, allowed in (("sizes", ("ref", "default")), ("dtypes", DTYPES), ("upsamples", UPSAMPLE_VARIANTS)):
-        vals = [v.strip() for v in getattr(args, opt).split(",") if v.strip()]
-        if not vals or any(v not in allowed for v in vals):
-            p.error(f"--{opt} {getattr(args, opt)!r}: give a comma list of {', '.join(allowed)}")
-        setattr(args, opt, vals)
+    args.quick = args.sizes == "tiny"
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     args.compare_torch = args.compare_torch or args.torch_compile is not None
     if args.repeats < 1:
@@ -305,7 +318,7 @@ def main(argv=None) -> int:
     if bf16:
         print(f"bfloat16 matmul {n}^2: {start_bf16['gflops']:.1f} GFLOP/s", flush=True)
     rows = []
-    for row in variant_rows(make_rows(args.sizes, args.quick, impl), args.dtypes, args.upsamples):
+    for row in variant_rows(make_rows(args.rows, args.quick, impl), args.dtypes, args.upsamples):
         rows.append(run_row(row, args.repeats, torch_device, parallel=args.quick, torch_compile=args.torch_compile))
         r = rows[-1]
         print(f"  {r['name']}: jax {fmt_ms(r['jax_s'])} ms" + (f", torch {fmt_ms(r['torch_s'])} ms"

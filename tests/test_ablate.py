@@ -71,7 +71,7 @@ def test_list_and_refusals(tmp_path, capsys):
     assert [ln.split()[0] for ln in lines] == list(studies.NAMES)
     assert ablate.cli(["no_such_study"]) == 2
     assert "unknown study 'no_such_study'" in capsys.readouterr().err
-    assert ablate.cli(["norm", "--preset", "smoke", "--workdir", str(tmp_path), "model.nrom=batch"]) == 2
+    assert ablate.cli(["norm", "--preset", "smoke", "--out", str(tmp_path), "model.nrom=batch"]) == 2
     err = capsys.readouterr().err
     assert "study norm" in err and "model.nrom" in err
     with pytest.raises(HeartjaxError, match="names no variant"):
@@ -266,7 +266,7 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     study_file.write_text(TINY_SOURCE)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.ablate", str(study_file), "--preset", "smoke",
-                             "--seeds", "2", "--workdir", str(root / "b"), *extra], cwd=root, env=env,
+                             "--num-seeds", "2", "--out", str(root / "b"), *extra], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = root / "b" / "tiny" / "steps6" / "seed1" / "checkpoints" / "2d" / "latest"
     deadline = time.time() + 900

@@ -176,10 +176,18 @@ def test_rows_rate_the_network_flops():
     assert out["gflop_executed"] > 0 and out["jax_gflops"] == pytest.approx(out["gflop"] / out["jax_s"])
 
 
-def test_bad_sizes_is_a_usage_error():
+@pytest.mark.parametrize("argv", [["--rows", "ref,huge"], ["--sizes", "huge"], ["--sizes", "ref"]])
+def test_bad_rows_or_sizes_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        benchmark.parse_args(["--sizes", "ref,huge"])
+        benchmark.parse_args(argv)
     assert exc.value.code == 2
+    if argv == ["--sizes", "ref"]:  # the older meaning of --sizes, pointed to its new name
+        assert "--rows ref" in capsys.readouterr().err
+
+
+def test_quick_is_sizes_tiny():
+    assert benchmark.parse_args(["--quick"]).sizes == benchmark.parse_args(["--sizes", "tiny"]).sizes == "tiny"
+    assert benchmark.parse_args([]).sizes == "full" and benchmark.parse_args([]).rows == ["ref", "default"]
 
 
 def test_torch_twin_matches_parameters_and_loss():
@@ -263,7 +271,7 @@ def test_quick_bfloat16_transpose_rows_run(tmp_path):
     path = tmp_path / "v.json"
     fast_compile = " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + fast_compile).strip()}
-    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", "--sizes", "ref", "--dtypes",
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", "--rows", "ref", "--dtypes",
                            "bfloat16", "--upsamples", "transpose", "--json", str(path)],
                           cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -102,11 +102,11 @@ def test_perturbed_prediction_equals_score_case_in_ras_with_mm_spacing(tmp_path,
     pred = _perturbed(truth)
     _write(tmp_path / "truth" / "p1.nii.gz", truth)
     _write(tmp_path / "pred" / "p1.nii.gz", pred)
-    out = tmp_path / "res" / "scores.json"
+    out = tmp_path / "res" / "scores"  # --out is a folder, created if missing
     code, err = _run([tmp_path / "pred", tmp_path / "truth", "--scheme", "acdc", "--out", out], capsys)
     assert code == 0, err
     expected = evaluation.score_case(pred, truth, SPACING_STORED, labels.ACDC.names, "p1")
-    got = json.loads(out.read_text())["summary"]["per_case"][0]
+    got = json.loads((out / "evaluation.json").read_text())["summary"]["per_case"][0]
     for metric in [m.name for m in METRICS]:
         for name in labels.ACDC.names:
             assert got[metric][name] == pytest.approx(expected[metric][name], rel=1e-12), (metric, name)
@@ -117,15 +117,15 @@ def test_perturbed_prediction_equals_score_case_in_ras_with_mm_spacing(tmp_path,
     swapped = evaluation.score_case(pred, truth, SPACING_STORED[::-1], labels.ACDC.names, "p1")
     assert any(abs(swapped["assd"][n] - got["assd"][n]) > 1e-3 for n in labels.ACDC.names)
     # CSV: one row per case, same numbers as the JSON
-    rows = list(csv.reader(out.with_suffix(".csv").open()))
+    rows = list(csv.reader((out / "evaluation.csv").open()))
     header = ["case"] + [f"{n}_{m.name}" for n in ("RV", "MYO", "LV") for m in METRICS]
     assert rows[0] == header + ["whole_heart_dice", "accuracy", "fg_accuracy", "mean_dice"]
     assert len(rows) == 2 and rows[1][0] == "p1"
     row = dict(zip(rows[0], rows[1]))
     assert float(row["LV_hd95"]) == got["hd95"]["LV"] and float(row["accuracy"]) == got["accuracy"]
-    summary = json.loads(out.read_text())["summary"]["per_structure"]["RV"]
+    summary = json.loads((out / "evaluation.json").read_text())["summary"]["per_structure"]["RV"]
     assert summary["dice_mean"] == pytest.approx(expected["dice"]["RV"]) and summary["dice_sd"] is None
-    assert _listing(out.parent) == {"scores.json", "scores.csv"}
+    assert _listing(out) == {"evaluation.json", "evaluation.csv"}
 
 
 def test_pair_files_accepts_suffixes_on_either_side(tmp_path):
@@ -248,8 +248,10 @@ def test_names_and_mmwhs_check_are_the_ones_dataset_discovery_uses(tmp_path):
 
 def test_output_paths():
     assert evaluate.output_paths(None, "/p") == (Path("/p/evaluation.json"), Path("/p/evaluation.csv"))
-    assert evaluate.output_paths("/o/r.csv", "/p") == (Path("/o/r.json"), Path("/o/r.csv"))
-    assert evaluate.output_paths("/o/run.v2", "/p") == (Path("/o/run.v2.json"), Path("/o/run.v2.csv"))
+    assert evaluate.output_paths("/o/run.v2", "/p") == (Path("/o/run.v2/evaluation.json"),
+                                                         Path("/o/run.v2/evaluation.csv"))
+    with pytest.raises(HeartjaxError, match="--out is the output folder"):
+        evaluate.output_paths("/o/r.json", "/p")  # the older file-stem meaning, refused with the folder to give
 
 
 def test_module_entry_point(tmp_path):
@@ -261,7 +263,7 @@ def test_module_entry_point(tmp_path):
                           env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| RV |" in proc.stdout and "±" in proc.stdout
-    assert (tmp_path / "o.json").is_file() and (tmp_path / "o.csv").is_file()
+    assert (tmp_path / "o" / "evaluation.json").is_file() and (tmp_path / "o" / "evaluation.csv").is_file()
 
 
 def _shift_disk(data: np.ndarray) -> np.ndarray:

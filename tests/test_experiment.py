@@ -4,6 +4,7 @@ shows two runs with the same seed agree), the run folder as a model (predict + e
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +141,20 @@ def test_kill_and_resume_equals_uninterrupted(smoke_run, workspace):
     assert a == b
 
 
+def test_resume_with_more_steps_trains_on_and_records_it(smoke_run, workspace):
+    """--resume train.steps=12 on a finished 8-step run: both models train on to step 12 (the schedule too), the
+    change is recorded in config.json; a changed model setting is refused by name and nothing is touched."""
+    shutil.copytree(smoke_run, workspace / "run3")
+    out = run_cli(["experiments.volumetric", "--out", "run3", "--resume", "train.steps=12"], cwd=workspace)
+    assert "train.steps 8 -> 12" in out.stdout and "continuing to train.steps=12" in out.stdout
+    assert json.loads((workspace / "run3" / "config.json").read_text())["train"]["steps"] == 12
+    results = json.loads((workspace / "run3" / "results.json").read_text())
+    assert {k: m["steps"] for k, m in results["models"].items()} == {"2d": 12, "3d": 12}
+    refused = run_cli(["experiments.volumetric", "--out", "run3", "--resume", "model.norm=batch"], cwd=workspace,
+                      check=False)
+    assert refused.returncode == 2 and "model.norm ('instance' -> 'batch')" in refused.stderr
+
+
 def test_existing_run_folder_is_refused(smoke_run, workspace):
     before = (smoke_run / "results.json").read_bytes()
     p = run_cli(["experiments.volumetric", "--preset", "smoke", "--workdir", "run1"], cwd=workspace, check=False)
@@ -178,9 +193,9 @@ def test_run_folder_is_a_model(smoke_run, workspace):
     truth = workspace / "truth"
     truth.mkdir()
     os.symlink(folder / f"{case}_label.nii.gz", truth / f"{case}_image_label.nii.gz")
-    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores.json")],
+    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "mmwhs", "--out", str(workspace / "scores")],
             cwd=workspace)
-    got = json.loads((workspace / "scores.json").read_text())["summary"]["per_case"][0]
+    got = json.loads((workspace / "scores" / "evaluation.json").read_text())["summary"]["per_case"][0]
     if decision["classes"]:  # scored here with the one metric implementation, on the truth's grid
         vol = nifti.load_volume(scan, folder / f"{case}_label.nii.gz", MMWHS, case=case)
         pred_idx, _ = nifti.load_label_file(written, MMWHS, reference_grid=vol.grid)

@@ -252,7 +252,7 @@ def test_aggregate_only_lists_commits_and_machines(one_run, capsys):
     seed1 = dict(other_code(rec, machine=gpu), seed=1)  # other code, another machine
     seed2 = dict({k: v for k, v in rec.items() if k != "provenance"}, seed=2)  # made before provenance existed
     records = records_with(root / "mixed", **{"steps4-seed0": rec, "steps4-seed1": seed1, "steps4-seed2": seed2})
-    assert ablate.cli([str(root / "one.py"), "--aggregate-only", "--seeds", "3", "--records", str(records),
+    assert ablate.cli([str(root / "one.py"), "--aggregate-only", "--num-seeds", "3", "--records", str(records),
                        "--workdir", str(root / "agg")]) == 0
     out = capsys.readouterr().out
     commits = {c.rsplit(" (", 1)[0] for c in out.split("commits ")[1].split(";")[0].split(", ")}

@@ -16,7 +16,7 @@ from heartjax.ablation import report
 from heartjax.ablation.records import (LOCAL_KEYS, check_record, complete_from_runs, fingerprint_of, load_records,
                                        make_record, origins, origins_text, record_path, settings_of)
 from heartjax.ablation.stats import aggregate, run_mean_dice
-from heartjax.ablation.study import RunSpec, Study, expand
+from heartjax.ablation.study import RunSpec, Study, expand, seed_list
 from heartjax.errors import HeartjaxError
 from heartjax.eval.results import Results
 from heartjax.paths import RunFolder, study_run
@@ -58,7 +58,7 @@ def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log:
         diff = [k for k in wanted if k not in LOCAL_KEYS and saved.get(k) != wanted[k]]
         if diff:
             raise HeartjaxError(f"run folder {folder} was started with other settings ({', '.join(diff)}); "
-                                f"remove it to restart that run, or choose another --workdir")
+                                f"remove it to restart that run, or choose another --out")
     return run_fn(spec.cfg, folder, kinds=spec.kinds, resume=resume, log=log)
 
 
@@ -102,10 +102,10 @@ def _check_fresh(study: Study, study_dir: Path, records: Path, existing: Mapping
     if (existing or started) and not resume:
         raise HeartjaxError(f"study {study.name} is already started ({len(existing)} run records in {records}"
                             f"{', run folders in ' + str(study_dir) if started else ''}); pass --resume to continue "
-                            f"it, or choose another --workdir and --records")
+                            f"it, or choose another --out and --records")
 
 
-def run_study(study: Study, preset: str = "default", data: str | None = None, seeds: int | None = None,
+def run_study(study: Study, preset: str = "default", data: str | None = None, seeds: int | Sequence[int] | None = None,
               workdir: str | Path = "runs/ablation", records: str | Path | None = None, extra: Sequence[str] = (),
               resume: bool = False, max_runs: int | None = None, run_fn: Callable = experiment.run,
               log: Callable = print, run_log: Callable | None = None, clock: Callable[[], float] = time.perf_counter,
@@ -170,19 +170,20 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
 
 
 def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "runs/ablation",
-                    seeds: int | None = None) -> dict:
-    """Aggregate a study from its run records of seeds 0..seeds-1 alone (no training), whatever code made them,
-    and write its outputs to WORKDIR/STUDY; `result["provenance"]` lists the commits and machines it mixes."""
+                    seeds: int | Sequence[int] | None = None) -> dict:
+    """Aggregate a study from its run records of `seeds` (a count N: 0..N-1, or a list) alone (no training),
+    whatever code made them, and write its outputs to WORKDIR/STUDY; `result["provenance"]` lists the commits
+    and machines it mixes."""
     found = load_records(Path(records), study)
     if not found:
         raise HeartjaxError(f"no run records of study {study.name} in {records}; run the study first or pass "
                             f"the --records folder that holds them")
-    n = study.seeds if seeds is None else seeds
-    found = {k: r for k, r in found.items() if k[1] < n}  # --seeds N: seeds 0..N-1 only, as the runs
+    chosen = seed_list(seeds, study.seeds)
+    found = {k: r for k, r in found.items() if k[1] in chosen}  # those seeds only, as the runs
     if not found:
-        raise HeartjaxError(f"no run records of study {study.name} for seeds 0-{n - 1} in {records}")
+        raise HeartjaxError(f"no run records of study {study.name} for seeds {chosen} in {records}")
     complete_from_runs(Path(records), found, study, workdir)
-    expected = [(v, s) for s in range(n) for v in study.variants]
+    expected = [(v, s) for s in chosen for v in study.variants]
     result = aggregate(study, found, expected)
     result["provenance"] = {"reuse_records": "any (--aggregate-only)", "fingerprint": provenance.fingerprint(),
                             **origins(found.values())}

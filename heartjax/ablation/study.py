@@ -106,7 +106,23 @@ class RunSpec:
         return tuple(self.cfg.train.models)
 
 
-def expand(study: Study, preset: str = "default", data: str | None = None, seeds: int | None = None,
+def seed_list(seeds: int | Sequence[int] | None, default: int) -> list[int]:
+    """The training seeds: a count N (seeds 0..N-1, `--num-seeds`), a list (`--seeds 0,1,2`), or None (the
+    study's default count)."""
+    seeds = default if seeds is None else seeds
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise HeartjaxError(f"--num-seeds={seeds!r} must be a positive integer")
+        return list(range(seeds))
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or any(
+            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise HeartjaxError(f"--seeds={seeds!r} must be distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def expand(study: Study, preset: str = "default", data: str | None = None,
+           seeds: int | Sequence[int] | None = None,
            extra: Sequence[str] = ()) -> list[RunSpec]:
     """The runs of a study, seed by seed (every variant of seed 0 first), each config validated.
 
@@ -115,11 +131,8 @@ def expand(study: Study, preset: str = "default", data: str | None = None, seeds
     """
     if study.phantom_only and data is not None:
         raise HeartjaxError(f"study {study.name} runs on the built-in phantom only; drop --data")
-    seeds = study.seeds if seeds is None else seeds
-    if not (isinstance(seeds, int) and seeds >= 1):
-        raise HeartjaxError(f"--seeds={seeds!r} must be a positive integer")
     runs = []
-    for seed in range(seeds):
+    for seed in seed_list(seeds, study.seeds):
         for variant, own in study.variants.items():
             overrides = (f"train.models={list(study.kinds)!r}", *study.baseline, *extra, *own, f"seed={seed}")
             try:

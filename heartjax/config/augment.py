@@ -23,31 +23,31 @@ class AugmentConfig:
     Lists are accepted and stored as tuples (the config stays hashable); the config validates on construction.
     """
 
-    rotation_p: float = 0.2
-    rotation_deg: tuple[float, float] = (-30.0, 30.0)
+    rotation_p: float = 0.2        # probability of a rotation
+    rotation_deg: tuple[float, float] = (-30.0, 30.0)  # rotation angle range, degrees
     rotation_axes: Optional[tuple[int, ...]] = None  # 3D only: axes to rotate about; None = all three.
-    scale_p: float = 0.2
+    scale_p: float = 0.2           # probability of a scaling
     scale_range: tuple[float, float] = (0.7, 1.4)  # One factor for all axes; > 1 magnifies.
-    elastic_p: float = 0.0
+    elastic_p: float = 0.0         # probability of an elastic deformation
     elastic_magnitude: tuple[float, float] = (1.0, 4.0)  # Std of the displacement at control points, voxels.
     elastic_sigma: float = 12.0  # Control-point spacing in voxels: larger means smoother.
     border_mode: str = "min"  # "min", "zero" or "edge": what the spatial transform sees outside the patch.
-    noise_p: float = 0.1
-    noise_variance: tuple[float, float] = (0.0, 0.1)
-    blur_p: float = 0.2
+    noise_p: float = 0.1           # probability of Gaussian noise
+    noise_variance: tuple[float, float] = (0.0, 0.1)  # range of the noise variance
+    blur_p: float = 0.2            # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.5, 1.0)  # Voxels, drawn per axis and channel.
-    blur_p_per_channel: float = 0.5
-    brightness_p: float = 0.15
-    brightness_range: tuple[float, float] = (0.75, 1.25)
-    contrast_p: float = 0.15
+    blur_p_per_channel: float = 0.5  # per channel, once a blur applies
+    brightness_p: float = 0.15     # probability of a brightness change
+    brightness_range: tuple[float, float] = (0.75, 1.25)  # brightness factor range
+    contrast_p: float = 0.15       # probability of a contrast change
     contrast_range: tuple[float, float] = (0.75, 1.25)  # Range of each channel preserved (clipped).
-    lowres_p: float = 0.25
+    lowres_p: float = 0.25         # probability of simulated low resolution
     lowres_scale: tuple[float, float] = (0.5, 1.0)  # Fraction of the resolution kept, same on all axes.
-    lowres_p_per_channel: float = 0.5
-    gamma_inverted_p: float = 0.1
-    gamma_p: float = 0.3
+    lowres_p_per_channel: float = 0.5  # per channel, once low resolution applies
+    gamma_inverted_p: float = 0.1  # probability of a gamma on the inverted image
+    gamma_p: float = 0.3           # probability of a gamma change
     gamma_range: tuple[float, float] = (0.7, 1.5)  # Used by both gammas; mean and std are retained.
-    mirror_p: float = 0.0  # Per axis.
+    mirror_p: float = 0.0  # Probability of a mirroring, per axis.
     mirror_axes: Optional[tuple[int, ...]] = None  # None = all spatial axes.
     joint_channels: bool = False  # True: intensity transforms draw once for all channels (2.5D neighbour slices)
 

@@ -21,14 +21,14 @@ CONV_IMPLS = ("auto", "xla", "planes")  # the values of model.conv_impl
 class OptimConfig:
     """Optimiser and schedule. sgd: nnU-Net's SGD (Nesterov 0.99, poly decay 0.9); adamw: warm-up + cosine."""
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.99
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    warmup_steps: int = 0
-    poly_power: float = 0.9
-    clip_norm: float = 12.0
+    name: str = "adamw"            # sgd | adamw
+    lr: float = 1e-3               # peak learning rate
+    momentum: float = 0.99         # SGD momentum
+    nesterov: bool = True          # SGD with Nesterov momentum
+    weight_decay: float = 3e-5     # weight decay (decoupled for adamw)
+    warmup_steps: int = 0          # linear warm-up steps before the decay
+    poly_power: float = 0.9        # SGD's poly decay exponent
+    clip_norm: float = 12.0        # global gradient-norm clipping; 0 disables it
 
     def validate(self) -> None:
         if self.name not in ("sgd", "adamw"):
@@ -45,10 +45,10 @@ class OptimConfig:
 class LossConfig:
     """Dice + CE weights and Dice options (see heartjax.model.losses)."""
 
-    lambda_dice: float = 1.0
-    lambda_ce: float = 1.0
-    batch_dice: bool = False
-    include_background: bool = False
+    lambda_dice: float = 1.0       # weight of the soft Dice term
+    lambda_ce: float = 1.0         # weight of the cross-entropy term
+    batch_dice: bool = False       # Dice over the whole batch instead of per sample
+    include_background: bool = False  # count the background class in the Dice term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +58,13 @@ class ModelConfig:
     with the geometry a spec derives: dims, channels, classes, depth, strides, kernels). A new option is one line here
     (and its rule in `heartjax.config.validation`)."""
 
-    features: int = 8
-    max_features: int = 64
-    growth: int = 2
-    norm: str = "instance"
-    dropout: float = 0.0
-    upsample: str = "resize"
-    activation: str = "leaky_relu"
-    deep_supervision: bool = True
-    dtype: str = "float32"
-    conv_impl: str = "auto"
+    features: int = 8                # channels of the first stage
+    max_features: int = 64           # cap on the channels of deeper stages
+    growth: int = 2                  # channel factor from one stage to the next
+    norm: str = "instance"           # batch | instance | group | none
+    dropout: float = 0.0             # dropout rate in the convolution blocks
+    upsample: str = "resize"         # resize (1x1 conv + repeat) | transpose (transposed conv)
+    activation: str = "leaky_relu"   # relu | leaky_relu
+    deep_supervision: bool = True    # also train on the decoder's lower-resolution outputs
+    dtype: str = "float32"           # compute dtype: float32 | bfloat16 (parameters stay float32)
+    conv_impl: str = "auto"          # convolution implementation: auto | xla | planes

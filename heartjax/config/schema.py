@@ -30,14 +30,14 @@ class DataConfig:
     dir: str | None = None           # None: the built-in phantom; else any layout heartjax.data.datasets knows
     scheme: str | None = None        # label scheme (mmwhs | acdc | genericK); None: from the layout
     seed: int = 0                    # phantom, split, fingerprint sample, validation patches (not training)
-    phantom_cases: int = 40          # 5 folds of 8: a paired test over 8 test patients can reach p < 0.05
+    phantom_cases: int = 40          # phantom patients (5 folds of 8: a paired test of 8 can reach p < 0.05)
     phantom_modality: str = "ct"     # ct | mri | cine (MRI in thick slices, shifted as between breath-holds)
     phantom_difficulty: int = 1      # 0 easy (the first generator), 1 realistic, 2 harder (phantom_levels.py)
-    phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.6)
+    phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.6)  # voxel spacing of the phantom scans in mm
     phantom_dir: str = "data/phantom"  # where the phantom is written once and reused
     cache_dir: str = "cache"         # preprocessed cases, keyed by plan and source files
     folds: int = 5                   # the test patients are one fold of a patient-level K-fold split
-    fold: int = 0
+    fold: int = 0                    # which fold is the test fold (0 .. folds-1)
     cross_validate: bool = False     # train every fold into RUN/foldI and pool the test patients
     val_cases: int = 4               # taken from the training patients for checkpoint selection
     max_cases: int | None = None     # use only the first N cases (quick looks at big folders)
@@ -52,7 +52,7 @@ class KindPlanConfig:
     inherits_from: str | None = None  # another kind of plan.kinds
     spatial_dims: int | None = None   # 3: patches of the volume; 2: in-plane patches of slices along the slice axis
     patch: tuple[int, ...] | None = None  # None on a kind that inherits none: from the median shape
-    batch: int | None = None
+    batch: int | None = None          # training batch (patches or slices per step)
     max_patch_voxels: int | None = None  # the budget a derived patch fits in
 
 
@@ -60,7 +60,7 @@ class KindPlanConfig:
 class KindInferConfig:
     """One kind's inference settings (`infer.kinds.KIND`); None takes those of the kind its plan entry inherits."""
 
-    batch: int | None = None
+    batch: int | None = None  # patches or slices per inference call
 
 
 class KindTable(dict):
@@ -80,9 +80,9 @@ def _kinds(entry: type, defaults: dict):
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
     target_spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0)  # None: nnU-Net's rule
-    depth: int = 3
-    kinds: dict[str, KindPlanConfig] = _kinds(KindPlanConfig, PLAN_KINDS)
-    crop_margin_mm: float = 10.0
+    depth: int = 3                   # U-Net resolution stages (downsamplings + 1)
+    kinds: dict[str, KindPlanConfig] = _kinds(KindPlanConfig, PLAN_KINDS)  # each kind's entry: plan.kinds.KIND.*
+    crop_margin_mm: float = 10.0     # margin kept around the body when cropping, mm
 
     def lineage(self, kind: str) -> list[str]:
         """`kind`, the kind it inherits from, that kind's, and so on (a cycle stops at the first repeat)."""
@@ -123,38 +123,38 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    models: tuple[str, ...] = DEFAULT_KINDS
+    models: tuple[str, ...] = DEFAULT_KINDS  # model kinds to train, from 2d, 2.5d, 3d
     steps: int = 900                 # the same number of optimiser steps for every model
     max_seconds: float | None = None  # a wall-time budget per model instead (re-planned at log points)
-    log_every: int = 25
-    eval_every: int = 100
-    val_patches: int = 8
-    ema_decay: float = 0.6
+    log_every: int = 25              # steps between logged training losses
+    eval_every: int = 100            # steps between validations and checkpoints
+    val_patches: int = 8             # fixed validation patches scored at each evaluation
+    ema_decay: float = 0.6           # smoothing of the validation Dice that picks the best checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
-    overlap: float = 0.5
-    mirror: bool = False
-    kinds: dict[str, KindInferConfig] = _kinds(KindInferConfig, INFER_KINDS)
-    save_predictions: bool = True
+    overlap: float = 0.5             # sliding-window overlap, fraction of a patch
+    mirror: bool = False             # mirroring test-time augmentation
+    kinds: dict[str, KindInferConfig] = _kinds(KindInferConfig, INFER_KINDS)  # each kind's batch: infer.kinds.KIND.batch
+    save_predictions: bool = True    # write the test patients' label maps to predictions/KIND
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0                    # training: initialisation, sampling, augmentation, dropout
-    data: DataConfig = DataConfig()
-    plan: PlanConfig = PlanConfig()
-    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()  # the patients: dataset, phantom, split
+    plan: PlanConfig = PlanConfig()  # preprocessing and patch plan
+    model: ModelConfig = ModelConfig()  # U-Net settings shared by every kind
     model_2d: KindModelConfig = KindModelConfig(features=16, max_features=128)  # 2D nets are cheap per voxel
     model_25d: Model25dConfig = Model25dConfig(features=16, max_features=128)
-    model_3d: KindModelConfig = KindModelConfig()
-    optim: OptimConfig = OptimConfig(name="adamw", lr=3e-3, warmup_steps=20)
-    loss: LossConfig = LossConfig()
-    augment: AugmentConfig = AugmentConfig(rotation_deg=(-15.0, 15.0), scale_range=(0.85, 1.15))
-    sampling: SamplingConfig = SamplingConfig()
-    train: TrainConfig = TrainConfig()
-    infer: InferConfig = InferConfig()
+    model_3d: KindModelConfig = KindModelConfig()  # the 3D U-Net's own settings
+    optim: OptimConfig = OptimConfig(name="adamw", lr=3e-3, warmup_steps=20)  # optimiser and schedule
+    loss: LossConfig = LossConfig()  # Dice + cross-entropy loss
+    augment: AugmentConfig = AugmentConfig(rotation_deg=(-15.0, 15.0), scale_range=(0.85, 1.15))  # data augmentation
+    sampling: SamplingConfig = SamplingConfig()  # patch sampling
+    train: TrainConfig = TrainConfig()  # training
+    infer: InferConfig = InferConfig()  # whole-volume inference
 
 
 def inherited(entries: dict, chain: list[str], entry: type):

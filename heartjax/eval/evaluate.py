@@ -9,7 +9,7 @@ file) is reported and skipped; the others are still scored and written, and the 
 
 Writes `evaluation.json` ({"scheme", "names", "pred_dir", "truth_dir", "cases", "summary"}, with "cases" the
 pairing and status of every case, "summary" the `scoring.model_results` block) and `evaluation.csv` (one row
-per scored case) atomically, by default into PRED_DIR, and prints a per-structure table.
+per scored case) atomically into the --out folder (default PRED_DIR), and prints a per-structure table.
 
 Exit status: 0 every case scored; 1 a case could not be scored (the others are written); 2 a usage error (a folder
 missing or unreadable, --out not writable, no pairs, the scheme not inferable): one `error:` line naming the path
@@ -18,7 +18,6 @@ and what to do, nothing written.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -30,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from heartjax import atomic
+from heartjax import atomic, cli
 from heartjax.data.io import cli_paths
 from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
@@ -209,14 +208,13 @@ def _cell(value) -> str:
 
 
 def output_paths(out: str | os.PathLike | None, pred_dir) -> tuple[Path, Path]:
-    """(json, csv) paths: PRED_DIR/evaluation.*, or --out FILE as FILE.json/FILE.csv (a .json/.csv ending kept);
-    an --out that is an existing folder gets FOLDER/evaluation.*."""
-    base = Path(pred_dir) / "evaluation" if out is None else Path(out)
-    if out is not None and base.is_dir():
-        base = base / "evaluation"
-    if base.suffix.lower() in (".json", ".csv"):
-        base = base.with_suffix("")
-    return base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
+    """(json, csv) paths: OUT/evaluation.json and OUT/evaluation.csv, OUT being --out (a folder, created if
+    missing) or PRED_DIR. Raises HeartjaxError for an --out that names a .json/.csv file (its older meaning)."""
+    folder = Path(pred_dir if out is None else out)
+    if out is not None and folder.suffix.lower() in (".json", ".csv") and not folder.is_dir():
+        raise HeartjaxError(f"--out {out}: --out is the output folder (evaluation.json and evaluation.csv are "
+                            f"written into it); give --out {folder.parent}")
+    return folder / "evaluation.json", folder / "evaluation.csv"
 
 
 def write_results(result: dict, out=None) -> tuple[Path, Path]:
@@ -262,22 +260,36 @@ def _report_warnings(caught: list) -> None:
 
 def check_outputs(out, pred_dir) -> None:
     """Refuse, before any scoring, output files that cannot be written (HeartjaxError naming the path)."""
+    flag = "--out" if out is not None else "output"
+    cli_paths.check_output_folder(Path(pred_dir if out is None else out), flag)
     for path in output_paths(out, pred_dir):
-        cli_paths.check_output_file(path, "--out" if out is not None else "output")
+        cli_paths.check_output_file(path, flag)
+
+
+EXAMPLE = """python -m heartjax.evaluate preds/ truth/ --scheme acdc --out scores/
+python -m heartjax.evaluate preds/ truth/ --workers 4 --allow-missing   # writes preds/evaluation.json"""
+
+
+def _parser():
+    parser = cli.parser("python -m heartjax.evaluate", __doc__, EXAMPLE)
+    parser.add_argument("pred_dir", help="folder of predicted label maps (NIfTI)")
+    parser.add_argument("truth_dir", help="folder of ground-truth label maps (NIfTI)")
+    parser.add_argument("--scheme", metavar="SCHEME",
+                        help="label scheme: mmwhs, acdc or genericK (default: MM-WHS if the truth codes are MM-WHS codes, else you are asked "
+                             "to name it)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder for evaluation.json and evaluation.csv (created if missing; default: "
+                             "PRED_DIR)")
+    parser.add_argument("--workers", type=int, default=1, help="cases loaded and scored at once (threads)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="truth files without a prediction are listed, not failures (score a subset)")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry; returns the exit code (0 all scored, 1 a case failed or nothing could be scored, 2 a usage
     error: nothing written)."""
-    parser = argparse.ArgumentParser(prog="python -m heartjax.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("pred_dir", help="folder of predicted label maps (NIfTI)")
-    parser.add_argument("truth_dir", help="folder of ground-truth label maps (NIfTI)")
-    parser.add_argument("--scheme", help="label scheme: mmwhs, acdc or genericK (default: MM-WHS if the truth "
-                                         "codes are MM-WHS codes, else you are asked to name it)")
-    parser.add_argument("--out", help="output FILE: writes FILE.json and FILE.csv (default PRED_DIR/evaluation)")
-    parser.add_argument("--workers", type=int, default=1, help="cases loaded and scored at once (threads)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="truth files without a prediction are listed, not failures (score a subset)")
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: give 1 or more")

@@ -125,8 +125,7 @@ def keep_main_component(labels: np.ndarray, classes: Sequence[int] | None = None
                         min_fraction: float = MIN_FRACTION) -> np.ndarray:
     """For each class in `classes` (default: all foreground) keep one 26-connected component (8 in 2D), the heart's,
     chosen jointly for all structures by the rule of the module docstring: the largest candidate inside the region
-    of the foreground union holding the most structures (then anchors, nearness to the field's centre, voxels,
-    scan order), and never one touching
+    of the foreground union holding the most structures (then anchors, centre, voxels, scan order), and never one touching
     no other kept structure when a candidate that does exists. A class present before is present after; other
     classes are left alone. Removed voxels become background; returns a new array of the input's dtype."""
     out = labels.copy()
@@ -156,8 +155,7 @@ def keep_main_component(labels: np.ndarray, classes: Sequence[int] | None = None
         n_struct[np.unique(region_of[cand[c]])] += 1
         if len(cand[c]) == 1:
             n_anchor[region_of[cand[c][0]]] += 1
-    voxels = np.bincount(region.ravel(), minlength=n_regions + 1)
-    off = _off_centre(region, n_regions, crop, labels.shape)
+    voxels, off = np.bincount(region.ravel(), minlength=n_regions + 1), _off_centre(region, n_regions, crop, labels.shape)
     heart = max(range(1, n_regions + 1), key=lambda r: (n_struct[r], n_anchor[r], -off[r], voxels[r], -r))
 
     def largest(pool):  # ties: the lowest id, i.e. first in scan order

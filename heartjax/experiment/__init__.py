@@ -9,6 +9,7 @@ line). This module only gathers the API's public names:
 
 from heartjax.experiment.api import (Prepared, config, load_config, pool_folds, prepare, prepare_workdir, run,
                                      run_model, run_split)
+from heartjax.experiment.resume import resume_config
 
 __all__ = ["Prepared", "config", "load_config", "pool_folds", "prepare", "prepare_workdir", "run", "run_model",
-           "run_split"]
+           "run_split", "resume_config"]

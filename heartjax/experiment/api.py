@@ -62,11 +62,11 @@ def prepare_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         if resume:
             if not RunFolder(workdir).config.exists():
-                raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --workdir")
+                raise HeartjaxError(f"--resume: {workdir} is not a heartjax run (no config.json); check --out")
             return
         if not overwrite:
             raise HeartjaxError(f"run folder {workdir} exists and is not empty; pass --resume to continue it, "
-                                f"--overwrite to replace it, or choose another --workdir")
+                                f"--overwrite to replace it, or choose another --out")
         clear = True
     elif resume:
         raise HeartjaxError(f"--resume: run folder {workdir} does not exist or is empty; start without --resume")
@@ -144,15 +144,24 @@ def prepare(cfg: Config, workdir: Path, log: Callable = print) -> Prepared:
     return Prepared(ds, store, split, plan, pre, test_store, test_ids)
 
 
+def trains_on(cfg: Config, resume: bool, results) -> bool:
+    """Whether finished models train on: a resume raised train.steps beyond the steps one of them trained."""
+    return resume and not cfg.train.max_seconds and any(r.steps < cfg.train.steps for r in results)
+
+
 def run_model(kind: str, cfg: Config, prep: Prepared, workdir: Path, resume: bool = False,
               log: Callable = print) -> ModelResult:
     """Train one kind on the prepared split (resuming from its latest checkpoint), score its best on the test
-    patients; a kind already evaluated in this folder (eval_KIND.json) is read back, not retrained."""
+    patients; a kind already evaluated in this folder (eval_KIND.json) is read back, not retrained, unless a
+    resume raised train.steps beyond the steps it trained (it then trains on from its latest checkpoint)."""
     run = RunFolder(workdir)
     done = run.eval_record(kind)
     if done.exists():
-        log(f"[{kind}] already trained and evaluated; reusing {done.name}")
-        return ModelResult.from_json(kind, json.loads(done.read_text()))
+        result = ModelResult.from_json(kind, json.loads(done.read_text()))
+        if not trains_on(cfg, resume, [result]):
+            log(f"[{kind}] already trained and evaluated; reusing {done.name}")
+            return result
+        log(f"[{kind}] trained {result.steps} steps; continuing to train.steps={cfg.train.steps}")
     spec = specs.build_spec(cfg, prep.plan, kind, prep.ds.scheme.num_classes)
     if _primary():
         run.models.mkdir(exist_ok=True)
@@ -271,10 +280,10 @@ def run(cfg: Config, workdir: str | Path, kinds: Sequence[str] | None = None, re
         fold_cfg = config_lib.apply_tree(cfg, {"data": {"fold": fold, "cross_validate": False}})
         if _primary():
             sub.mkdir(exist_ok=True)
-            if not RunFolder(sub).config.exists():
-                atomic.write_json(RunFolder(sub).config, config_lib.to_dict(fold_cfg))
+            atomic.write_json(RunFolder(sub).config, config_lib.to_dict(fold_cfg))  # a resume's changes too
         sync(f"fold{fold}")
         done = RunFolder(sub).results
-        folds.append(Results.from_json(json.loads(done.read_text())) if done.exists()
+        finished = Results.from_json(json.loads(done.read_text())) if done.exists() else None
+        folds.append(finished if finished and not trains_on(cfg, resume, finished.models.values())
                      else run_split(fold_cfg, sub, kinds, resume, log))
     return pool_folds(folds, workdir, log)

@@ -56,6 +56,11 @@ def _train(spec: ModelSpec, cfg: Config, prep, workdir: Path, resume: bool, writ
         state, meta = ckpt.restore("latest", _abstract(state, parallel.replicated))
         loop = LoopState.from_json(meta)
         log(f"[{spec.name}] resuming from step {loop.step}")
+        if not cfg.train.max_seconds:
+            loop.planned_steps = None  # the step count is the plan (a budget's plan ended with the budget)
+        if not cfg.train.max_seconds and int(jax.device_get(state["total"])) != cfg.train.steps:
+            log(f"[{spec.name}] train.steps changed on resume: the schedule now runs to step {cfg.train.steps}")
+            state = {**state, "total": parallel.replicate(np.asarray(cfg.train.steps, np.int32))}
     if loop.step == 0:
         writer.text("config", "```\n" + config_lib.to_json(cfg) + "\n```")
         writer.text("plan", "```\n" + json.dumps(prep.plan.to_json(), indent=2) + "\n```")

@@ -16,7 +16,6 @@ warnings, error); the exit status is 1 when a case failed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from heartjax import atomic
+from heartjax import atomic, cli
 from heartjax.data.io import cli_paths
 from heartjax.serve import scan_checks
 from heartjax.serve.outputs import output_name, planned_outputs, probabilities_name, write_uncertainty
@@ -249,13 +248,16 @@ def write_predictions(out: Path, entries: list[dict], model: Ensemble, args) -> 
     return atomic.write_json(path, record, indent=1, allow_nan=False)
 
 
+EXAMPLE = """python -m heartjax.predict runs/smoke scan1.nii.gz scans/ --out preds/
+python -m heartjax.predict runs/cv5 scans/ --out preds/ --model 3d --tta --probabilities"""
+
+
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m heartjax.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders (one series each), or folders of "
-                                             "them")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--model", choices=KINDS, default=None, help="default: the run's best by validation")
+    p = cli.parser("python -m heartjax.predict", __doc__, EXAMPLE)
+    p.add_argument("run_dir", type=Path, help="a run folder of experiments.volumetric (its --out)")
+    p.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders (one series each), or folders of them")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", choices=KINDS, default=None, help="the kind to use (default: the run's best by validation)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (NAME_probs.nii.gz)")
     p.add_argument("--uncertainty", action="store_true", help="also write the voxel entropy (NAME_entropy.nii.gz) "
