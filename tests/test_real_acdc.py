@@ -34,9 +34,9 @@ def test_acdc_train_predict_evaluate_round_trip(acdc_dir, tmp_path):
     truth = tmp_path / "truth"
     truth.mkdir()
     (truth / f"{case}.nii.gz").symlink_to(acdc_dir / "masks" / f"{case}_mask.nii.gz")
-    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "acdc", "--out", str(tmp_path / "scores.json")],
+    run_cli(["heartjax.evaluate", str(out), str(truth), "--scheme", "acdc", "--out", str(tmp_path / "scores")],
             cwd=tmp_path)
-    scores = json.loads((tmp_path / "scores.json").read_text())["summary"]["per_case"][0]
+    scores = json.loads((tmp_path / "scores" / "evaluation.json").read_text())["summary"]["per_case"][0]
     gt = np.asarray(nib.load(truth / f"{case}.nii.gz").dataobj) > 0
     chance = 2 * gt.mean() * (codes > 0).mean() / (gt.mean() + (codes > 0).mean())  # Dice of a random map of equal size
     # 60 steps on 6 patients at 3 mm: far from converged, but several times better than chance (about 0.06 here)
