@@ -93,15 +93,17 @@ def _stage_widths(m: dict, depth: int) -> list[int]:
     return [min(m["features"] * m["growth"] ** i, m["max_features"]) for i in range(depth + 1)]
 
 
-def _model_rules(m: dict, depth: int):
-    """(field, ok, what) for one kind's U-Net settings (the shared `model` section with the kind's on top)."""
+def model_rules(m: dict, depth: int, group_size: int = 8):
+    """(field, ok, what) for a U-Net's options `m` (the ModelConfig fields): one kind's settings here (the shared
+    `model` section with the kind's on top), and `heartjax.model.unet.UNetConfig.validate` for a network built
+    directly; one rule per option for both."""
     yield "features", _int(m["features"], 1), "must be a positive integer"
     yield "max_features", _int(m["max_features"], 1) and m["max_features"] >= m["features"], \
         "must be an integer >= features"
     yield "growth", _int(m["growth"], 1), "must be a positive integer"
     yield "norm", m["norm"] in NORMS, f"must be one of {list(NORMS)}"
-    yield "norm", m["norm"] != "group" or not any(f % min(8, f) for f in _stage_widths(m, depth)), \
-        f"'group' needs every stage width {_stage_widths(m, depth)} divisible by the group size 8"
+    yield "norm", m["norm"] != "group" or not any(f % min(group_size, f) for f in _stage_widths(m, depth)), \
+        f"'group' needs every stage width {_stage_widths(m, depth)} divisible by the group size {group_size}"
     yield "dropout", _num(m["dropout"]) and 0 <= m["dropout"] < 1, "must be in [0, 1)"
     yield "upsample", m["upsample"] in UPSAMPLES, f"must be one of {list(UPSAMPLES)}"
     yield "activation", m["activation"] in ACTIVATIONS, f"must be one of {list(ACTIVATIONS)}"
@@ -131,7 +133,7 @@ def validate(cfg: Config) -> Config:
             raise HeartjaxError(f"config section {section}: {e}") from None
     for kind in cfg.plan.kinds:  # every kind's network, so a bad value fails before the first model trains
         settings = unet_settings(cfg, kind)
-        for field, ok, what in _model_rules(settings, cfg.plan.depth):
+        for field, ok, what in model_rules(settings, cfg.plan.depth):
             if not ok:
                 key = _model_key(cfg, kind, field)
                 raise HeartjaxError(f"config setting {key}={get(cfg, key)!r} is invalid: {what}")

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from heartjax import conv as conv_lib
-from heartjax.config.options import ACTIVATIONS, DTYPES, NORMS, UPSAMPLES, ModelConfig
+from heartjax.config.options import ModelConfig
+from heartjax.config.validation import model_rules
 from heartjax.errors import HeartjaxError
 
 
@@ -62,36 +63,25 @@ class UNetConfig(ModelConfig):
         return tuple(math.prod(s[a] for s in self.stage_strides()) for a in range(self.spatial_dims))
 
     def validate(self) -> None:
-        """Raise HeartjaxError naming the setting for impossible configurations."""
+        """Raise HeartjaxError naming the setting, its value and what is allowed: the geometry here, the options
+        by the config's own rules (`heartjax.config.validation.model_rules`, one rule per option for both)."""
         def bad(setting, why):
-            raise HeartjaxError(f"model.{setting}: {why}")
+            raise HeartjaxError(f"model.{setting}={getattr(self, setting)!r} is invalid: {why}")
 
         if self.spatial_dims not in (2, 3):
-            bad("spatial_dims", f"must be 2 or 3, got {self.spatial_dims}")
+            bad("spatial_dims", "must be 2 or 3")
         if self.depth < 1:
-            bad("depth", f"must be at least 1, got {self.depth}")
-        if self.features < 1 or self.max_features < self.features:
-            bad("features", f"need 1 <= features <= max_features, got {self.features}, {self.max_features}")
+            bad("depth", "must be at least 1")
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
+        for field, ok, what in model_rules(options, self.depth, self.group_size):
+            if not ok:
+                bad(field, what)
         if self.num_classes < 2:
-            bad("num_classes", f"needs background plus at least one structure, got {self.num_classes}")
-        if self.norm not in NORMS:
-            bad("norm", f"must be one of {NORMS}, got {self.norm!r}")
-        if self.norm == "group" and any(f % min(self.group_size, f) for f in self.stage_features()):
-            bad("group_size", f"{self.group_size} must divide every stage width {self.stage_features()}")
-        if self.upsample not in UPSAMPLES:
-            bad("upsample", f"must be one of {UPSAMPLES}, got {self.upsample!r}")
-        if self.activation not in ACTIVATIONS:
-            bad("activation", f"must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", f"must be in [0, 1), got {self.dropout}")
-        if self.dtype not in DTYPES:
-            bad("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+            bad("num_classes", "needs background plus at least one structure")
         if len(self.stage_strides()) != self.depth or any(len(s) != self.spatial_dims for s in self.stage_strides()):
-            bad("strides", f"need {self.depth} tuples of {self.spatial_dims} ints, got {self.strides}")
+            bad("strides", f"need {self.depth} tuples of {self.spatial_dims} ints")
         if len(self.stage_kernels()) != self.depth + 1 or any(len(k) != self.spatial_dims for k in self.stage_kernels()):
-            bad("kernel_sizes", f"need {self.depth + 1} tuples of {self.spatial_dims} ints, got {self.kernel_sizes}")
-        if self.conv_impl not in conv_lib.IMPLS:
-            bad("conv_impl", f"must be one of {conv_lib.IMPLS}, got {self.conv_impl!r}")
+            bad("kernel_sizes", f"need {self.depth + 1} tuples of {self.spatial_dims} ints")
 
     def check_input(self, spatial_shape: Sequence[int]) -> None:
         """Raise HeartjaxError when a patch cannot pass through the network."""
