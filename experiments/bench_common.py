@@ -17,6 +17,7 @@ import jaxlib
 import numpy as np
 
 from heartjax import conv as conv_lib
+from heartjax import provenance
 from heartjax.model.unet import UNetConfig
 from heartjax.train.step import create_train_state
 
@@ -97,12 +98,7 @@ def loadavg():
 
 def machine_info(conv_impl: str) -> dict:
     """CPU model, cores, versions, JAX backend and device; load average at the start."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = provenance.cpu_model()
     resolved = {f"{d}d": conv_lib.resolve_impl(conv_impl, d) for d in (2, 3)}  # what "auto" means here
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "python": platform.python_version(),

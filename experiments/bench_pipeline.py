@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from heartjax import atomic, cli, rng
+from heartjax import atomic, cli, provenance, rng
 from heartjax.config import presets
 from heartjax import config as config_lib
 from heartjax.data import cases as cases_lib
@@ -79,12 +79,7 @@ def bench_row(kind: str, sampler: PatchSampler, workers: int, batches: int, plac
 
 def machine() -> dict:
     """CPU, cores, versions, the devices batches go to, the load average at the start."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = provenance.cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": usable, "python": platform.python_version(),
             "numpy": np.__version__, "jax": jax.__version__, "backend": jax.default_backend(),
