@@ -13,7 +13,7 @@ from pathlib import Path
 from heartjax.ablation import Study
 from heartjax.errors import HeartjaxError
 
-NAMES = ("budget", "patients", "predecessor", "augmentation", "norm", "loss", "transfer")
+NAMES = ("budget", "patients", "predecessor", "augmentation", "norm", "loss", "transfer", "cine")
 
 # heartjax.config.augment.AugmentConfig's application probabilities, by what the transform changes.
 SPATIAL_P = ("rotation_p", "scale_p", "elastic_p", "mirror_p")

@@ -9,13 +9,13 @@ from heartjax.ablation import Study
 
 STUDY = Study(
     name="patients",
-    description="mean Dice against the number of training patients (4 .. all), test patients fixed, 2D and 3D",
+    description="mean Dice against the number of training patients (4 .. all), test patients fixed, 2D and 3D (2.5D at all)",
     kinds=("2d", "3d"),
     variants={
         "n4": ("data.train_cases=4",),
         "n8": ("data.train_cases=8",),
         "n16": ("data.train_cases=16",),
-        "all": ("data.train_cases=None",),
+        "all": ("data.train_cases=None", "train.models=['2d', '2.5d', '3d']"),
     },
     reference="all",
     x="data.train_cases",
