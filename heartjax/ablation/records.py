@@ -176,7 +176,8 @@ def origins(recs) -> dict:
     count = lambda f: dict(sorted(Counter(f(r) for r in recs).items()))
     return {"commits": count(lambda r: provenance.commit_label(r.get("provenance"))),
             "fingerprints": count(fingerprint_of), "machines": count(_machine_label), "libraries": count(_libraries),
-            "without_provenance": sum(not r.get("provenance") for r in recs)}
+            "without_provenance": sum(not r.get("provenance") for r in recs),
+            "stamped": sum(bool((r.get("provenance") or {}).get("stamped")) for r in recs)}
 
 
 def origins_text(o: Mapping) -> str:
@@ -185,5 +186,7 @@ def origins_text(o: Mapping) -> str:
     part = lambda d: ", ".join(f"{k} ({n})" for k, n in d.items())
     lacking = f"; {o['without_provenance']} records without provenance (made before it was recorded)" \
         if o.get("without_provenance") else ""
+    stamped = f"; {o['stamped']} records stamped after a bit-exact rerun (docs/provenance.md)" \
+        if o.get("stamped") else ""
     return (f"commits {part(o['commits'])}; code fingerprints {part(o['fingerprints'])}; machines "
-            f"{part(o['machines'])}; libraries {part(o['libraries'])}{lacking}")
+            f"{part(o['machines'])}; libraries {part(o['libraries'])}{lacking}{stamped}")
