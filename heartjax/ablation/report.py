@@ -38,13 +38,13 @@ def _pm(block: Mapping | None) -> str:
     return "–" if not block or block.get("mean") is None else f"{fmt(block['mean'])} ± {fmt(block.get('sd'))}"
 
 
-def _p(p) -> str:
+def p_text(p) -> str:
     """A p-value: three decimals, or "< 0.001"."""
     return "–" if p is None or not math.isfinite(p) else "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def _test(t: Mapping | None) -> str:
-    return "– | – | –" if not t else f"{fmt(t['diff'], 4)} | {_p(t['p'])} | {t['n']} × {t['seeds']}"
+    return "– | – | –" if not t else f"{fmt(t['diff'], 4)} | {p_text(t['p'])} | {t['n']} × {t['seeds']}"
 
 
 def _overrides(v: Mapping) -> str:
@@ -133,7 +133,7 @@ def _crossing_lines(a: Mapping, crossings: Mapping, tag: str = "") -> list[str]:
         c = crossings.get(pair_key(b, k0))
         if c is None:
             continue
-        diffs = ", ".join(f"{_signed(r['diff'])} (p {_p(r['p'])}) at {_at(r['x'])}" for r in c["by_x"])
+        diffs = ", ".join(f"{_signed(r['diff'])} (p {p_text(r['p'])}) at {_at(r['x'])}" for r in c["by_x"])
         verdict = (f"{c['leader']} ahead at every {a['x']}" if c["leader"] else
                    "the curves cross at " + " and ".join(f"≈ {_at(x)}" for x in c["cross_x"]) if c["cross_x"] else
                    "no sign change between the points")

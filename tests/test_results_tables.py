@@ -1,0 +1,42 @@
+"""The results tables in README.md and docs/results.md are the committed study records' own numbers."""
+
+import json
+import shutil
+
+import pytest
+
+from experiments import results_tables as rt
+
+RECORDS = rt.RECORDS
+
+
+def test_every_marked_table_equals_its_rebuild_from_the_records():
+    names = set()
+    for doc in rt.DOCS:
+        text = (rt.ROOT / doc).read_text()
+        names |= {m["name"] for m in rt._BLOCK.finditer(text)}
+        assert rt.rebuild(text) == text, f"{doc}: a table differs from its records; run " \
+                                         "`python -m experiments.results_tables --write` and read the diff"
+    assert {"phantom", "acdc", "budget", "patients", "cine", "phantom-calibration"} <= names
+
+
+def test_a_changed_record_changes_its_table(tmp_path):
+    if not (RECORDS / "patients").is_dir():
+        pytest.skip("no committed patients records")
+    root = tmp_path / "studies"
+    shutil.copytree(RECORDS / "patients", root / "patients")
+    before = rt.TABLES["phantom"](root)
+    path = sorted((root / "patients").glob("all-seed*.json"))[0]
+    rec = json.loads(path.read_text())
+    rec["per_case"]["2d"][0]["dice"]["LV"] -= 0.5  # one patient's LV much worse at one seed
+    path.write_text(json.dumps(rec))
+    after = rt.TABLES["phantom"](root)
+    assert before != after
+    row = lambda text: next(ln for ln in text.splitlines() if ln.startswith("| LV |"))
+    assert row(before) != row(after) and "| MYO |" in after
+
+
+def test_unknown_table_and_missing_records_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="unknown table 'nope'"):
+        rt.rebuild("<!-- table nope -->\nx\n<!-- /table -->\n")
+    assert "No records of `cine`" in rt.TABLES["cine"](tmp_path)
