@@ -263,3 +263,17 @@ def test_aggregate_only_lists_commits_and_machines(one_run, capsys):
     assert a["runs"] == 3 and a["provenance"]["without_provenance"] == 1 and len(a["provenance"]["machines"]) == 3
     md = (root / "agg" / "one" / "ablation.md").read_text()
     assert "`--aggregate-only`: aggregated from the records as they are" in md and "NVIDIA H200" in md
+
+
+def test_fresh_clone_continues_committed_records_without_resume(one_run, capsys):
+    """Records alone (a fresh clone's docs/studies) need no --resume: the matching one is reused, the other code's
+    trained again; run folders of an earlier start still ask for --resume."""
+    root, extra = one_run
+    rec = json.loads((root / "w" / "one" / "records" / "steps4-seed0.json").read_text())
+    records = records_with(root / "clone", **{"steps4-seed0": rec, "steps4-seed1": dict(other_code(rec), seed=1)})
+    args = [str(root / "one.py"), "--preset", "smoke", "--num-seeds", "2", "--workdir", str(root / "w4"),
+            "--records", str(records), *extra]
+    assert ablate.cli(args) == 0
+    out = capsys.readouterr().out
+    assert "ignoring 1 of 2 run records" in out and "trained 1 runs, reused 1 run records" in out
+    assert ablate.cli(args) == 2 and "pass --resume" in capsys.readouterr().err  # run folders now exist

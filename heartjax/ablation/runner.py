@@ -98,11 +98,12 @@ def progress_line(i: int, n: int, spec: RunSpec, rec: Mapping, status: str, eta:
 
 
 def _check_fresh(study: Study, study_dir: Path, records: Path, existing: Mapping, resume: bool) -> None:
+    """Run folders of an earlier start need --resume; records alone do not (a fresh clone continues the committed
+    records: a matching one is reused, any other is trained again, and one of other settings is refused)."""
     started = study_dir.exists() and any(study_dir.iterdir())
-    if (existing or started) and not resume:
-        raise HeartjaxError(f"study {study.name} is already started ({len(existing)} run records in {records}"
-                            f"{', run folders in ' + str(study_dir) if started else ''}); pass --resume to continue "
-                            f"it, or choose another --out and --records")
+    if started and not resume:
+        raise HeartjaxError(f"study {study.name} is already started (run folders in {study_dir}, {len(existing)} "
+                            f"run records in {records}); pass --resume to continue it, or choose another --out")
 
 
 def run_study(study: Study, preset: str = "default", data: str | None = None, seeds: int | Sequence[int] | None = None,
