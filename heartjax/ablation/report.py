@@ -7,10 +7,10 @@ HParams tab shows every key a variant sets, with the variant, seed and kind). Ev
 
 from __future__ import annotations
 
-import re
-
 import json
 import math
+import re
+import textwrap
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -242,10 +242,11 @@ def plot(a: Mapping, path: Path) -> Path:
     """ablation.png: a curve per kind over the x axis (and over training time for a steps axis, from each kind's
     step time), else bars per variant and kind; error bars are the sd over seeds, dots the seeds."""
     timed = a["x"] == "train.steps"
-    fig = _figure(10.0 if timed else max(5.0, 0.8 * len(a["variants"]) * max(1, len(a["kinds"])) + 2), 4.0)
+    width = 10.0 if timed else max(5.0, 0.8 * len(a["variants"]) * max(1, len(a["kinds"])) + 2)
+    fig = _figure(width, 4.0)
     title = f"{a['study']} study: mean test Dice over seeds ({a['preset']} preset)"
-    if a.get("description"):
-        title += f"\n{a['description']}"
+    if a.get("description"):  # wrapped to the figure's width (about 13 characters an inch at 10 pt)
+        title += "\n" + textwrap.fill(a["description"], width=int(width * 13))
     if a["x"]:
         ax = fig.add_subplot(1, 2 if timed else 1, 1)
         _curves(ax, a, lambda k: 1.0, axis_name(a["x"]))
