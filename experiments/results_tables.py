@@ -204,6 +204,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "phantom-calibration": calibration_table("patients", "all"),
     "patients": curve_table("patients"),
     "acdc": kinds_table("budget", "steps1200", post=True),
+    "acdc-calibration": calibration_table("budget", "steps1200"),
     "budget": curve_table("budget"),
     "cine": kinds_table("cine", "cine"),
     "predecessor": variants_table("predecessor", focus=("PA", "AO")),
