@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from heartjax import atomic, experiment, provenance
-from heartjax.ablation.records import LOCAL_KEYS, key_of
+from heartjax.ablation.records import kept
 from heartjax.errors import HeartjaxError
 
 SCORES = ("per_case", "per_case_post")
@@ -39,7 +39,7 @@ def read(path: Path) -> dict:
 def settings(rec: Mapping):
     """The config a record's run used, with the kinds it trained left out (kinds train independently: each has
     its own seeds, so adding a kind to a run leaves the others' numbers unchanged)."""
-    cfg = experiment.config(rec["preset"], None, [o for o in rec["overrides"] if key_of(o) not in LOCAL_KEYS])
+    cfg = experiment.config(rec["preset"], None, kept(rec["overrides"]))
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, models=()))
 
 
@@ -119,7 +119,3 @@ def stamp(rerun_path: Path, old_path: Path, folders: Sequence[Path], log=print) 
     log(f"stamped {len(done)} records: " + ", ".join(f"{p.parent.name}/{p.name}" for p in done))
     return done
 
-
-def stamped(rec: Mapping) -> bool:
-    """Whether a record's provenance was stamped after a bit-exact rerun (not recorded when it was made)."""
-    return bool((rec.get("provenance") or {}).get("stamped"))
