@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from experiments import studies
-from heartjax import ablation, atomic, experiment, provenance
-from heartjax import cli as cli_lib
+from heartjax import ablation, experiment
+from heartjax.common import atomic, provenance
+from heartjax.common import cli as cli_lib
 from heartjax.config import describe, parse_value, presets
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "studies"

@@ -17,7 +17,7 @@ import jaxlib
 import numpy as np
 
 from heartjax import conv as conv_lib
-from heartjax import provenance
+from heartjax.common import provenance
 from heartjax.model.unet import UNetConfig
 from heartjax.train.step import create_train_state
 

@@ -39,7 +39,8 @@ import jax
 import numpy as np
 
 from experiments.bench_common import init_train_state, machine_info, matmul_peak, timed
-from heartjax import atomic, cli, experiment, rng
+from heartjax import experiment
+from heartjax.common import atomic, cli, rng
 from heartjax.experiment import specs
 from heartjax.config.presets import PLAN_KINDS
 from heartjax.data.plan import KindPlan, Plan, stage_layout

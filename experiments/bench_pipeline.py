@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from heartjax import atomic, cli, provenance, rng
+from heartjax.common import atomic, cli, provenance, rng
 from heartjax.config import presets
 from heartjax import config as config_lib
 from heartjax.data import cases as cases_lib

@@ -43,12 +43,12 @@ import numpy as np
 
 from experiments.bench_common import (compile_all, fmt_ms, format_table, init_train_state, loadavg,
                                       machine_info, matmul_peak, timed)
-from heartjax import cli
+from heartjax.common import cli
 from heartjax import config as config_lib
 from heartjax import experiment
-from heartjax.atomic import write_json
+from heartjax.common.atomic import write_json
 from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train.step import LossConfig, OptimConfig, make_optimizer, make_predict_fn, make_train_step
 from heartjax.model.flops import unet_flops
 from heartjax.model.unet import UNetConfig, count_params

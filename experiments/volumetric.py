@@ -17,10 +17,10 @@ from pathlib import Path
 
 import jax
 
-from heartjax import cli as cli_lib
+from heartjax.common import cli as cli_lib
 from heartjax import experiment
 from heartjax.config import describe, parse_value, presets, tupled
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train import parallel
 
 EXAMPLE = """python -m experiments.volumetric --preset smoke --out runs/smoke          # a one-minute check

@@ -22,7 +22,7 @@ from heartjax.ablation import records as ablation_records
 from heartjax.ablation import report as ablation_report
 from heartjax import config as config_lib
 from heartjax.ablation.stats import aggregate
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 # Config fields a shipped study needs that heartjax.config may not have yet (the study is then expected to fail).
 PENDING: dict[str, str] = {}  # study -> a config setting it still needs (none now)

@@ -1,13 +1,11 @@
-"""heartjax.atomic: files and folders appear whole or not at all, and no temporary name is left behind."""
+"""heartjax.common.atomic: files and folders appear whole or not at all, and no temporary name is left behind."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from heartjax import atomic
-
-
+from heartjax.common import atomic
 def listing(folder) -> list[str]:
     """Names in a folder (hidden ones included), sorted."""
     return sorted(p.name for p in Path(folder).iterdir())

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from heartjax.model.augment import AugmentConfig, augment_batch, identity_config, make_augment
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 INTENSITY = ("noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p", "gamma_inverted_p", "gamma_p")
 

@@ -10,7 +10,8 @@ import pytest
 
 from experiments import bench_gpu
 from experiments.bench_common import flops_of
-from heartjax import experiment, rng
+from heartjax import experiment
+from heartjax.common import rng
 from heartjax.experiment import specs
 from heartjax.model.flops import conv_macs, unet_flops
 from heartjax.train.step import create_train_state, make_optimizer, make_train_step

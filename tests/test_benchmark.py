@@ -15,7 +15,7 @@ import pytest
 from experiments import bench_common, benchmark
 from heartjax import config as config_lib
 from heartjax import experiment
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def _positive(x):

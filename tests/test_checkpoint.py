@@ -19,7 +19,7 @@ import pytest
 from heartjax.train import checkpoint as ckpt
 from heartjax.train.leaves import flatten
 from heartjax.train.checkpoint import Checkpointer
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from experiments import ablate, bench_gpu, bench_pipeline, benchmark, volumetric
-from heartjax import ablation, atomic, cli, experiment
+from heartjax import ablation, experiment
+from heartjax.common import atomic, cli
 from heartjax import config as config_lib
 from heartjax.eval import evaluate
 from heartjax.serve import predict

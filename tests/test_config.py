@@ -5,14 +5,15 @@ import dataclasses
 import pytest
 
 from heartjax import config as config_lib
-from heartjax import experiment, rng
+from heartjax import experiment
+from heartjax.common import rng
 from heartjax.experiment import specs
 from heartjax.config import presets
 from heartjax.config import Config, DataConfig
 from heartjax.data import cases as cases_lib
 from heartjax.data.datasets import Case
 from heartjax.data.plan import KindPlan, Plan
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 @pytest.mark.parametrize("preset", sorted(presets.PRESETS))

@@ -14,7 +14,7 @@ import pytest
 
 from heartjax import conv as conv_lib
 from heartjax.conv import xla_cpu
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 # (x shape, kernel spatial, C_out, strides, padding): 2D and 3D, kernel 1 and 3, strides 1 and 2 (also per axis),
 # SAME / VALID / explicit (asymmetric, zero and one-sided) padding, odd and even sizes.

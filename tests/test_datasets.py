@@ -7,10 +7,10 @@ import nibabel
 import numpy as np
 import pytest
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data import datasets
 from heartjax.data.datasets import Case
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.data.labels import ACDC, MMWHS
 
 

@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000, JPEGLS
 from heartjax.data import datasets, phantom
 from heartjax.data.io import cli_paths, dicom, images, nifti
 from heartjax.data.labels import MMWHS
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOPE, INTERCEPT = 0.5, -1024.0  # stored = (HU + 1024) * 2: every phantom HU is exact in int16

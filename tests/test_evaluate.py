@@ -16,7 +16,7 @@ import pytest
 from scipy import ndimage
 
 from heartjax.eval import evaluate
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import scoring as evaluation
 from heartjax.eval.metric_table import METRICS
 from heartjax.data import datasets, labels

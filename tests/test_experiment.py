@@ -339,7 +339,7 @@ def test_segment_arrays_like_the_cli(smoke_run, workspace):
     """The Python API on numpy arrays: on-disk (LPS) order with its affine, or RAS order with a spacing, gives what
     the CLI writes for the file; bad arguments are refused by name."""
 
-    from heartjax.errors import HeartjaxError
+    from heartjax.common.errors import HeartjaxError
     from heartjax.serve.segment import Segmenter, segment
 
     split = json.loads((smoke_run / "splits.json").read_text())

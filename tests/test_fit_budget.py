@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train.budget import StepBudget
 from heartjax.train.hooks import CheckpointHook, EvalHook
 from heartjax.train.loop import Hook, LoopState, fit

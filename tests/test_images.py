@@ -8,7 +8,7 @@ import pytest
 from heartjax.data.io import images, nifti
 from heartjax.data.io.formats import ImageFormat, Volume
 from heartjax.data.labels import MMWHS
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 @dataclasses.dataclass(frozen=True)

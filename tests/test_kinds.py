@@ -6,7 +6,7 @@ import json
 import pytest
 
 from heartjax import experiment
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import report
 from heartjax.eval.results import comparison_key
 from heartjax.experiment import specs

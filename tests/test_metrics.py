@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts, paired_test, summarize
 from heartjax.eval.surface import directed_distances, mask_edges, surface_metrics
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from heartjax.data.io import nifti
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.data.labels import ACDC, MMWHS
 
 CT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest-sample"

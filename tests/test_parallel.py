@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from heartjax.data.labels import MMWHS
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.postprocess import apply as postprocess_apply
 from heartjax.train.parallel import DataParallel, Feed
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from heartjax.data import phantom
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.data.labels import MMWHS
 
 COARSE = (3.0, 3.0, 3.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from heartjax.data import phantom
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = (4.0, 4.0, 4.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from heartjax import config as config_lib
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.data.plan import Fingerprint, KindPlan, Plan, make_plan, plan_kinds, stage_layout, target_spacing_from
 
 

@@ -12,7 +12,7 @@ import pytest
 from heartjax.data import datasets
 from heartjax.data.io import nifti
 from heartjax.data import prepare
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 SHAPE = (6, 5, 3)
 PIXDIM = (1.5625, 1.5625, 10.0)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from experiments import ablate
-from heartjax import ablation, provenance
+from heartjax import ablation
+from heartjax.common import provenance
 from heartjax.ablation import runner
-from heartjax.paths import study_run
+from heartjax.common.paths import study_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"commit", "dirty", "fingerprint", "versions", "machine", "command", "date"}

@@ -15,7 +15,7 @@ from heartjax.eval import evaluate
 from heartjax.serve import scan_checks
 from heartjax.data.io import nifti, nifti_probe
 from heartjax.data.plan import KindPlan, Plan
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 AFFINE = np.diag([0.8, 0.9, 2.5, 1.0])
 

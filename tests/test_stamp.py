@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from heartjax import provenance
+from heartjax.common import provenance
 from heartjax.ablation import records, stamp
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from experiments.checks import stamp_records
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from heartjax import experiment
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def test_train_on_ct_score_on_the_same_patients_mri(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from heartjax.model import losses
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train.step import LossConfig, OptimConfig, create_train_state, make_optimizer, make_predict_fn, make_train_step
 from heartjax.model.unet import Conv, UNet, UNetConfig, count_params, group_norm, init_model
 

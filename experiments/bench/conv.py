@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heartjax import conv as conv_lib
-from heartjax.atomic import write_json
+from heartjax.common.atomic import write_json
 
 # (batch, input size, C_in, C_out[, stride])
 REF_LAYERS = [(2, 64, 1, 16), (2, 64, 16, 16), (2, 64, 16, 32, 2), (2, 32, 32, 32), (2, 16, 64, 64), (2, 8, 128, 128)]

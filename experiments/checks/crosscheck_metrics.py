@@ -37,7 +37,7 @@ from heartjax.eval import evaluate
 from heartjax.eval import scoring
 from heartjax.data import labels
 from heartjax.data.io import images
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 TOLERANCE = {"dice": 1e-4, "hd95": 1e-3, "assd": 1e-3}  # Dice absolute; HD95 and ASSD in mm
 

@@ -19,9 +19,9 @@ import numpy as np
 from heartjax import experiment
 from heartjax.data import cases
 from heartjax.data.io import images
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.figures import plot_case_montage
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 
 
 def main(argv=None) -> int:

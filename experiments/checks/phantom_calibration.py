@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data import phantom
 from heartjax.data.labels import MMWHS
 

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data import phantom
 from heartjax.data.labels import MMWHS
 

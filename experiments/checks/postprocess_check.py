@@ -25,10 +25,10 @@ from heartjax import config as config_lib
 from heartjax.data import cases
 from heartjax.data.io import images
 from heartjax.data.io.quirks import Quirks
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.eval.scoring import score_case
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 
 
 def worst_change(raw: list[dict], post: list[dict], names) -> dict | None:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from heartjax.ablation import stamp
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def main(argv=None) -> int:

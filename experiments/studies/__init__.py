@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from heartjax.ablation import Study
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 NAMES = ("budget", "patients", "predecessor", "augmentation", "norm", "loss", "transfer", "cine")
 

@@ -17,15 +17,17 @@ from typing import Mapping, Sequence
 
 import jax
 
-from heartjax import atomic, experiment, provenance
+from heartjax import experiment
+
+from heartjax.common import atomic, provenance
 from heartjax import config as config_lib
 from heartjax.ablation.calibration import record_rows
 from heartjax.ablation.study import RunSpec, Study
 from heartjax.config import Config
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.metric_table import METRICS
 from heartjax.eval.results import Results
-from heartjax.paths import study_run
+from heartjax.common.paths import study_run
 
 _RECORD = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)\.json$")
 # Settings that say where files live, not what is computed: ignored when a record is matched to its run.
@@ -73,7 +75,7 @@ def machine() -> dict:
 
 def make_record(spec: RunSpec, results: Results, seconds: float, x_key: str | None = None) -> dict:
     """The small JSON of one run: settings (file locations left out), run facts, the provenance of its results
-    (heartjax.provenance: commit, code fingerprint, libraries, machine, command line) and per-case Dice / HD95 per
+    (heartjax.common.provenance: commit, code fingerprint, libraries, machine, command line) and per-case Dice / HD95 per
     structure (no images, no predictions)."""
     models = results.models
     return config_lib.json_ready({

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.ablation import calibration
 from heartjax.ablation.records import origins_text
 from heartjax.ablation.stats import nanmean, pair_key, run_mean_dice

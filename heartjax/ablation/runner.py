@@ -10,16 +10,18 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from heartjax import atomic, experiment, provenance
+from heartjax import experiment
+
+from heartjax.common import atomic, provenance
 from heartjax import config as config_lib
 from heartjax.ablation import report
 from heartjax.ablation.records import (LOCAL_KEYS, check_record, complete_from_runs, fingerprint_of, load_records,
                                        make_record, origins, origins_text, record_path, settings_of)
 from heartjax.ablation.stats import aggregate, run_mean_dice
 from heartjax.ablation.study import RunSpec, Study, expand, seed_list
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.results import Results
-from heartjax.paths import RunFolder, study_run
+from heartjax.common.paths import RunFolder, study_run
 
 # --reuse-records: "match" reuses a record (or a finished run folder) only when the code fingerprint it was made
 # with is the running code's; "any" reuses every record whatever code made it.

@@ -21,9 +21,11 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from heartjax import atomic, experiment, provenance
+from heartjax import experiment
+
+from heartjax.common import atomic, provenance
 from heartjax.ablation.records import kept
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 SCORES = ("per_case", "per_case_post")
 

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from heartjax.ablation import calibration
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.metrics import paired_test
 from heartjax.eval.scoring import json_safe
 

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 from heartjax import experiment
 from heartjax.config import Config
 from heartjax.config.presets import DEFAULT_KINDS
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

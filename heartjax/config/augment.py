@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 _BORDER_MODES = ("min", "zero", "edge")
 

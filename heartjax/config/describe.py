@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from heartjax.config.schema import Config, ModelConfig
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 # The settings a resumed run may change: how long it trains and how often it logs and evaluates. Every other key
 # is fixed by the run folder (changing it would mix two experiments in one run).

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 NORMS = ("batch", "instance", "group", "none")
 UPSAMPLES = ("resize", "transpose")

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 from heartjax.config.presets import RENAMED_KEYS
 from heartjax.config.schema import Config, get, walk
 from heartjax.config.validation import validate
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def parse_value(text: str) -> Any:

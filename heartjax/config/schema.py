@@ -21,7 +21,7 @@ from typing import Any
 from heartjax.config.augment import AugmentConfig
 from heartjax.config.options import LossConfig, ModelConfig, OptimConfig
 from heartjax.config.presets import DEFAULT_KINDS, INFER_KINDS, KINDS, PLAN_KINDS  # noqa: F401 (KINDS: API)
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 

@@ -6,7 +6,7 @@ import math
 
 from heartjax.config.options import ACTIVATIONS, CONV_IMPLS, DTYPES, NORMS, UPSAMPLES
 from heartjax.config.schema import KINDS, Config, get, infer_settings, infer_source, model_section, unet_settings
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def _int(v, lo: int) -> bool:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from heartjax.conv.common import as_tuple, explicit_pads, native_conv
 from heartjax.conv.xla_cpu import COMPILER_OPTIONS, identity_product, planes_conv
 from heartjax.config.options import CONV_IMPLS
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 __all__ = ["IMPLS", "BENCH_IMPLS", "conv", "resolve_impl", "compiler_options", "unfused", "upsample"]
 

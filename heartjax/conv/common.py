@@ -11,7 +11,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 DN2 = ("NHWC", "HWIO", "NHWC")
 DN3 = ("NDHWC", "DHWIO", "NDHWC")

@@ -13,15 +13,15 @@ from typing import Callable
 
 import numpy as np
 
-from heartjax import rng
-from heartjax.atomic import atomic_dir
+from heartjax.common import rng
+from heartjax.common.atomic import atomic_dir
 from heartjax.config import DataConfig, KindPlanConfig, KindTable, PlanConfig
 from heartjax.data import datasets, plan as plan_lib, preprocess
 from heartjax.data.io import images
 from heartjax.data.io.quirks import Quirks
 from heartjax.data.phantom import write_phantom
 from heartjax.data.phantom.levels import VERSION
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def phantom_folder(d: DataConfig) -> Path:

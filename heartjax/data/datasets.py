@@ -14,13 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
 from heartjax.data.io import images
 from heartjax.data.io.dataset_meta import read_dataset_json, read_info_cfg
 from heartjax.data.io.filenames import natural_key
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 LAYOUT_EXAMPLES = {
     "mmwhs": "ct_train/ct_train_1001_image.nii.gz + ct_train/ct_train_1001_label.nii.gz (or mr_train/mr_train_...)",
@@ -271,7 +271,7 @@ def make_folds(dataset_or_cases: Dataset | Sequence[Case], k: int, seed: int) ->
 
 
 def write_splits(path, folds: list[dict[str, list[str]]]) -> None:
-    """Write folds as JSON atomically (heartjax.atomic), creating the folder."""
+    """Write folds as JSON atomically (heartjax.common.atomic), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, folds)

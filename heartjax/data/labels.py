@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from heartjax.config.presets import OLD_PLAN_SUFFIXES, PLAN_KINDS
 from heartjax.config.schema import KindPlanConfig, KindTable, PlanConfig
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 ANISO_THRESHOLD = 3.0  # nnU-Net: an axis > 3x coarser than the others is "anisotropic"
 

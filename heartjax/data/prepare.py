@@ -33,11 +33,11 @@ from typing import Callable, Sequence
 import nibabel
 import numpy as np
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data.io.filenames import natural_key
 from heartjax.data.io.nifti import PIXDIM_RTOL
 from heartjax.data.io.quirks import Quirks
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 PHASES = {"ed": ("ED",), "es": ("ES",), "both": ("ED", "ES")}
 CASE_SUFFIX = {"ED": "", "ES": "_es"}  # ED keeps the plain patientNNN name of acdc-ed, so its splits files carry over

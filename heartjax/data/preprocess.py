@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data.plan import Plan
 
 
@@ -169,7 +169,7 @@ def _source_stamp(paths: Sequence[Path | None]) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    """np.savez atomically (heartjax.atomic); the temporary name ends in .npz, so savez does not append one."""
+    """np.savez atomically (heartjax.common.atomic); the temporary name ends in .npz, so savez does not append one."""
     atomic.write_with(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 

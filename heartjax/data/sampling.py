@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 class PatchSampler:

@@ -29,13 +29,13 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from heartjax import atomic, cli
+from heartjax.common import atomic, cli
 from heartjax.data.io import cli_paths
 from heartjax.data.io import filenames
 from heartjax.data import labels as labels_lib
 from heartjax.data.io import images
 from heartjax.data.io.filenames import natural_key, pair_key
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import scoring
 from heartjax.eval.metric_table import METRICS
 
@@ -218,7 +218,7 @@ def output_paths(out: str | os.PathLike | None, pred_dir) -> tuple[Path, Path]:
 
 
 def write_results(result: dict, out=None) -> tuple[Path, Path]:
-    """Write evaluation JSON and CSV atomically (heartjax.atomic, overwriting earlier ones); returns their paths."""
+    """Write evaluation JSON and CSV atomically (heartjax.common.atomic, overwriting earlier ones); returns their paths."""
     json_path, csv_path = output_paths(out, result["pred_dir"])
     record = {k: result[k] for k in ("scheme", "names", "pred_dir", "truth_dir", "cases", "summary")}
     json_path.parent.mkdir(parents=True, exist_ok=True)

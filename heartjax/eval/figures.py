@@ -15,8 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image, ImageDraw, ImageFont
 
-from heartjax import atomic
-
+from heartjax.common import atomic
 # Colour of label index i (row 0 = background, unused). Labels above 15 reuse rows 1..15 cyclically.
 CLASS_COLORS = np.array(
     [
@@ -154,7 +153,7 @@ def new_figure(width: float, height: float):
 
 
 def save_png(fig, path) -> Path:
-    """Write the figure as PNG atomically (heartjax.atomic), creating the folder."""
+    """Write the figure as PNG atomically (heartjax.common.atomic), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

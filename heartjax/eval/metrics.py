@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.surface import surface_metrics
 
 __all__ = ["confusion_counts", "add_counts", "case_metrics", "surface_metrics", "summarize", "paired_test"]

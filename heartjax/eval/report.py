@@ -13,8 +13,8 @@ from typing import Callable, Mapping
 
 import jax
 
-from heartjax import atomic, provenance
-from heartjax.paths import RunFolder
+from heartjax.common import atomic, provenance
+from heartjax.common.paths import RunFolder
 from heartjax.eval.references import REFERENCES
 from heartjax.config.presets import BASELINE
 from heartjax.eval.results import comparison_key

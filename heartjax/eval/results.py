@@ -75,7 +75,7 @@ class Results:
     split: dict[str, int] | None = None
     cross_validation: int | None = None
     comparisons: dict[str, dict] = dataclasses.field(default_factory=dict)
-    provenance: dict | None = None  # heartjax.provenance.collect() of the process that wrote results.json
+    provenance: dict | None = None  # heartjax.common.provenance.collect() of the process that wrote results.json
 
     def to_json(self) -> dict:
         out = {"dataset": self.dataset, "layout": self.layout, "label_names": self.label_names,

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.metric_table import by_source
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from heartjax import conv as conv_lib
-from heartjax import rng
+from heartjax.common import rng
 from heartjax.eval.figures import overlay_contours, readable_overlay
 from heartjax.eval.metrics import add_counts, case_metrics, confusion_counts
 from heartjax.eval.surface import surface_metrics

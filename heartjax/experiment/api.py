@@ -23,13 +23,13 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from heartjax import atomic, provenance
+from heartjax.common import atomic, provenance
 from heartjax import config as config_lib
 from heartjax.config import Config, presets
 from heartjax.data import cases as cases_lib
 from heartjax.data.io import images
 from heartjax.data.plan import Plan
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import calibration, report
 from heartjax.eval.figures import plot_case_montage
 from heartjax.eval.score_figures import plot_structure_scores
@@ -37,7 +37,7 @@ from heartjax.eval.results import ModelResult, Results, compare
 from heartjax.eval.scoring import model_results
 from heartjax.experiment import specs
 from heartjax.experiment.runner import case_mean_dice, train_and_score
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 from heartjax.train.parallel import sync
 
 

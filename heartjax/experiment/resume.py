@@ -10,12 +10,12 @@ from typing import Callable, Sequence
 
 import jax
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax import config as config_lib
 from heartjax.config import Config, describe
 from heartjax.experiment import specs
 from heartjax.experiment.api import load_config
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 
 
 def resume_config(workdir: str | Path, overrides: Sequence[str] = (), record: bool = True,

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from heartjax import config as config_lib
-from heartjax import rng
+from heartjax.common import rng
 from heartjax.config import Config
 from heartjax.data.io import images
 from heartjax.data import preprocess
@@ -26,7 +26,7 @@ from heartjax.train.parallel import DataParallel, Feed
 from heartjax.train.tensorboard import NullWriter, SummaryWriter, log_test, run_hparams
 from heartjax.model.augment import make_augment
 from heartjax.experiment.specs import ModelSpec
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 from heartjax.train.budget import StepBudget
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.hooks import CheckpointHook, EvalHook, LogHook, ProgressHook

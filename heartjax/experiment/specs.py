@@ -25,7 +25,7 @@ import numpy as np
 from heartjax import config as config_lib
 from heartjax.data.plan import KindPlan, Plan
 from heartjax.data.sampling import PatchSampler
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval.inference import slicewise_predict, sliding_window_predict
 from heartjax.model.augment import AugmentConfig
 from heartjax.model.unet import UNetConfig

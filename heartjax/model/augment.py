@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.config.augment import AugmentConfig, identity_config  # noqa: F401 (re-exported)
 from heartjax.conv import unfused
 

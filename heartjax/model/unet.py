@@ -25,7 +25,7 @@ from flax import nnx
 from heartjax import conv as conv_lib
 from heartjax.config.options import ModelConfig
 from heartjax.config.validation import model_rules
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 @dataclasses.dataclass(frozen=True)

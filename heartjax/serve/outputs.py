@@ -18,7 +18,7 @@ import numpy as np
 
 from heartjax.data.io import cli_paths, images
 from heartjax.data.io.filenames import case_id_from_path
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import calibration
 
 UNCERTAINTY = ("entropy", "foldvar")

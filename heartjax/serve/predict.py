@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from heartjax import atomic, cli
+from heartjax.common import atomic, cli
 from heartjax.data.io import cli_paths
 from heartjax.serve import scan_checks
 from heartjax.serve.outputs import output_name, planned_outputs, probabilities_name, write_uncertainty
@@ -38,10 +38,10 @@ from heartjax.data.io.filenames import case_id_from_path
 from heartjax.data.labels import LabelScheme
 from heartjax.data.plan import Plan
 from heartjax.data.io.quirks import quirk_key
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.eval import postprocess
 from heartjax.experiment.specs import ModelSpec
-from heartjax.paths import RunFolder
+from heartjax.common.paths import RunFolder
 from heartjax.train.checkpoint import Checkpointer
 from heartjax.train.parallel import DataParallel
 from heartjax.train.step import abstract_weights, make_predict_fn

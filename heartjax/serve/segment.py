@@ -26,7 +26,7 @@ import nibabel
 import numpy as np
 
 from heartjax.data.io import images
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.serve.predict import Ensemble
 
 

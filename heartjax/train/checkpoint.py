@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train.leaves import check_match, convert_restored, flatten, restore_targets
 
 SLOTS = ("latest", "best")

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def is_key(x) -> bool:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from heartjax.data.sampling import Prefetcher
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 from heartjax.train.budget import StepBudget
 from heartjax.train.parallel import agree
 

@@ -19,7 +19,7 @@ from flax import nnx
 from heartjax import conv as conv_lib
 from heartjax.model import losses
 from heartjax.model.augment import augment_batch
-from heartjax import rng
+from heartjax.common import rng
 from heartjax.model.unet import UNet, UNetConfig
 from heartjax.config.options import LossConfig, OptimConfig
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from heartjax.data.io import filenames, images
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from heartjax.data import labels as labels_lib
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 _MRI_WORDS = ("mri", "mr", "t1", "t2", "cine", "bssfp", "ssfp", "flair", "adc", "dwi", "lge", "de")
 

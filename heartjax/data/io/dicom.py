@@ -30,7 +30,7 @@ from pydicom.pixels import get_decoder
 
 from heartjax.data.io import nifti
 from heartjax.data.io.formats import ImageFormat, Volume
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 SPACING_RTOL = 0.01  # a slice gap may differ from the median slice spacing by 1 % of it
 DUPLICATE_MM = 1e-3  # two slices closer than this along the normal are the same slice

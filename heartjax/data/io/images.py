@@ -18,7 +18,7 @@ import numpy as np
 from heartjax.data.io import dicom, nifti
 from heartjax.data.io.filenames import case_id_from_path
 from heartjax.data.io.formats import ImageFormat, Volume
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 FORMATS: list[ImageFormat] = [nifti.FORMAT, dicom.FORMAT]  # NIfTI first: its Grid is also the DICOM reader's
 

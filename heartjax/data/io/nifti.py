@@ -19,13 +19,13 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data import labels as labels_lib
 from heartjax.data.io import nifti_probe
 from heartjax.data.io.filenames import NIFTI_EXTENSIONS, case_id_from_path, is_nifti_path
 from heartjax.data.io.formats import ImageFormat, Volume
 from heartjax.data.labels import resolve_scheme
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 AFFINE_TOL_MM = 1e-3  # image and label grids may differ by this much (float32 header rounding) and still pair
 PIXDIM_RTOL = 1e-3  # relative disagreement between affine column norms and pixdim that counts as a header quirk
@@ -268,7 +268,7 @@ def _output_header(grid: Grid, dtype) -> nibabel.Nifti1Header:
 
 
 def _atomic_save(data: np.ndarray, header: nibabel.Nifti1Header, path, overwrite: bool) -> Path:
-    """Write atomically with heartjax.atomic (nothing half-written is ever visible); refuses an existing file."""
+    """Write atomically with heartjax.common.atomic (nothing half-written is ever visible); refuses an existing file."""
     path = Path(path)
     if not is_nifti_path(path):
         raise HeartjaxError(f"output file {path}: name it .nii or .nii.gz.")

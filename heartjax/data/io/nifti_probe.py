@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 GZIP_MAGIC = b"\x1f\x8b"
 MIN_SPACING_MM = 1e-3  # a voxel size outside [MIN, MAX] mm is not a scan's (a unit mix-up or a broken header)

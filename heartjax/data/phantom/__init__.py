@@ -34,14 +34,14 @@ import nibabel
 import numpy as np
 from scipy import ndimage
 
-from heartjax import atomic
+from heartjax.common import atomic
 from heartjax.data.phantom import render
 from heartjax.data.phantom import shapes as shp
 from heartjax.data.phantom.levels import DEFAULT_LEVEL, LEVELS, VERSION, Level
 from heartjax.data.labels import MMWHS
 from heartjax.data.phantom.chest import lung_vessels, paint_chest
 from heartjax.data.phantom.detail import annotate
-from heartjax.errors import HeartjaxError
+from heartjax.common.errors import HeartjaxError
 
 MODALITIES = {"ct": "ct_train", "mri": "mr_train", "cine": "mr_train"}  # cine: thick, shifted MRI slices
 TISSUES = shp.TISSUES  # tissue class names, indexed by the values of `generate_tissues`
@@ -213,7 +213,7 @@ def _to_disk(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype, description: str) -> None:
-    """Write a .nii.gz atomically (heartjax.atomic) with a deterministic gzip stream."""
+    """Write a .nii.gz atomically (heartjax.common.atomic) with a deterministic gzip stream."""
     data, disk_affine = _to_disk(array, affine)
     img = nibabel.Nifti1Image(data.astype(dtype), disk_affine)
     img.header.set_xyzt_units("mm")

@@ -47,11 +47,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
 SCHEME = "ast1"
 UNKNOWN = "unknown"
 # Modules (dotted, relative to the package; a package name covers its modules) that cannot change a run's numbers.
-EXCLUDED = ("__init__", "provenance", "paths", "atomic", "errors", "predict", "evaluate", "segment", "phantom",
+EXCLUDED = ("__init__", "common.provenance", "common.paths", "common.atomic", "common.errors",
+            "predict", "evaluate", "segment", "phantom",
             "serve", "ablation", "eval.report", "eval.figures", "eval.references", "train.tensorboard",
             "data.io.cli_paths")
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy")
