@@ -17,7 +17,7 @@ def test_every_marked_table_equals_its_rebuild_from_the_records():
         names |= {m["name"] for m in rt._BLOCK.finditer(text)}
         assert rt.rebuild(text) == text, f"{doc}: a table differs from its records; run " \
                                          "`python -m experiments.results_tables --write` and read the diff"
-    assert {"phantom", "acdc", "budget", "patients", "cine", "phantom-calibration"} <= names
+    assert {"phantom", "acdc", "budget", "patients", "cine", "phantom-calibration", "postprocess"} <= names
 
 
 def test_a_changed_record_changes_its_table(tmp_path):
@@ -40,3 +40,25 @@ def test_unknown_table_and_missing_records_are_named(tmp_path):
     with pytest.raises(SystemExit, match="unknown table 'nope'"):
         rt.rebuild("<!-- table nope -->\nx\n<!-- /table -->\n")
     assert "No records of `cine`" in rt.TABLES["cine"](tmp_path)
+
+
+def test_postprocess_table_finds_the_worst_drop_and_a_lost_structure(tmp_path):
+    if not (RECORDS / "patients").is_dir():
+        pytest.skip("no committed patients records")
+    root = tmp_path / "studies"
+    shutil.copytree(RECORDS / "patients", root / "patients")
+    path = root / "patients" / "all-seed1.json"
+    rec = json.loads(path.read_text())
+    row = rec["per_case_post"]["3d"][2]
+    raw_pa = next(r for r in rec["per_case"]["3d"] if r["case"] == row["case"])["dice"]["PA"]
+    assert raw_pa > 0.5
+    row["dice"]["PA"] = 0.0  # the post-processing dropped this patient's pulmonary trunk
+    path.write_text(json.dumps(rec))
+    table = rt.postprocess_table(("patients",))(root)
+    line = next(ln for ln in table.splitlines() if ln.startswith("| patients | 3D |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "3" and cells[4] == "1" and cells[5] == "1"
+    assert cells[3].startswith(f"{-raw_pa:+.4f} (all-seed1, {row['case']}, PA:")
+    old = {k: v for k, v in rec.items() if k != "provenance"}  # a record without provenance is left out
+    path.write_text(json.dumps(old))
+    assert "| patients | 3D | 2 |" in rt.postprocess_table(("patients",))(root)
