@@ -205,8 +205,8 @@ def postprocess_table(names: tuple[str, ...]) -> Callable[[Path], str]:
     per-structure rule's scores), how many pairs fell by more than 0.01, and how many structures the network found
     (raw Dice > 0) the post-processing lost (Dice 0)."""
     def build(root: Path) -> str:
-        lines = ["| study | kind | records | worst change (record, patient, structure: raw → post) | pairs down > 0.01 "
-                 "| structures lost |", "|---" * 6 + "|"]
+        lines = ["| study | kind | records | worst change (record, patient, structure: raw → post) "
+                 "| pairs down > 0.01 | structures lost |", "|---" * 6 + "|"]
         used = {}
         for name in names:
             _, recs = load(name, root)
@@ -232,8 +232,8 @@ def postprocess_table(names: tuple[str, ...]) -> Callable[[Path], str]:
                 lines.append(f"| {name} | {_k(kind)} | {len(rows)} | {where} | {down} | {lost} |")
         if not used:
             return "*No records with post-processed scores and provenance yet.*\n"
-        o = records_lib.origins(used.values())
-        return ("\n".join(lines) + f"\n\n*{len(used)} records of {', '.join(f'`{n}`' for n in dict.fromkeys(k[0] for k in used))} made since "
+        o, studied = records_lib.origins(used.values()), ", ".join(f"`{n}`" for n in dict.fromkeys(k[0] for k in used))
+        return ("\n".join(lines) + f"\n\n*{len(used)} records of {studied} made since "
                 f"provenance (`docs/studies/STUDY/`); each (patient, structure) pair's Dice after the post-processing "
                 f"its model's validation patients chose minus its raw Dice; {records_lib.origins_text(o)}.*\n")
     return build
