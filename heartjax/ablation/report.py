@@ -230,7 +230,13 @@ def _bars(ax, a: Mapping) -> None:
     long = max(map(len, labels), default=0) * len(names) > 90  # upright unless the labels would collide
     ax.set_xticks(range(len(names)), labels, rotation=25 if long else 0, ha="right" if long else "center",
                   fontsize=9)
-    ax.set_ylabel("mean Dice (test)")
+    shown = [v for name in names for kind in kinds for block in [a["variants"][name]["mean_dice"].get(kind)]
+             if block and block["mean"] is not None
+             for v in [block["mean"] - (block["sd"] or 0), block["mean"] + (block["sd"] or 0), *block["per_seed"]]
+             if v is not None]
+    if shown:  # the axis starts just below the lowest bar, so differences of 0.01 stay visible
+        ax.set_ylim(max(0.0, np.floor(min(shown) * 20 - 1) / 20), min(1.0, max(shown) + 0.02) + 0.01)
+    ax.set_ylabel("mean Dice (test; axis not from 0)" if shown and ax.get_ylim()[0] > 0 else "mean Dice (test)")
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if labels:
