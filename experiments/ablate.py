@@ -67,6 +67,9 @@ def parse_args(argv):
     p.add_argument("--reuse-records", choices=ablation.REUSE, default="match",
                    help="match (default): reuse a run record only when the code fingerprint it was made with is "
                         "the running code's, train the others again; any: reuse every record (docs/provenance.md)")
+    p.add_argument("--train-every-run", action="store_true",
+                   help="train a run whose settings differ from a finished run's only in which scans are scored "
+                        "(data.test_phantom_modality) instead of scoring that run's model (the default)")
     p.add_argument("--figure", type=Path, default=None, metavar="FILE",
                    help="also write the study's figure (ablation.png) to this path, e.g. docs/studies/STUDY.png")
     p.add_argument("--verbose", action="store_true", help="print each run's own log lines too")
@@ -154,7 +157,7 @@ def cli(argv=None) -> int:
         ablation.run_study(study, preset=args.preset, data=args.data, seeds=args.seed_choice, workdir=args.out,
                            records=records, extra=args.overrides, resume=args.resume, max_runs=args.max_runs,
                            log=lambda *a: print(*a, flush=True), run_log=print if args.verbose else None,
-                           reuse=args.reuse_records)
+                           reuse=args.reuse_records, share=not args.train_every_run)
         copy_figure(args, study)
     except HeartjaxError as e:
         print(f"error: {e}", file=sys.stderr)

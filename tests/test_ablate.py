@@ -331,3 +331,37 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     changed = ablation.Study("tiny", "d", kinds=("2d",), variants={"steps4": ("train.steps=5",)})
     with pytest.raises(HeartjaxError, match="delete the record"):
         ablation.aggregate_study(changed, records, root / "d")
+
+
+CROSS = ablation.Study("cross", "one CT model scored on CT and on MRI", kinds=("2d",),
+                       variants={"ct": ("data.phantom_modality=ct", "data.test_phantom_modality=None"),
+                                 "ct_on_mri": ("data.phantom_modality=ct", "data.test_phantom_modality=mri"),
+                                 "ct_short": ("data.phantom_modality=ct", "data.test_phantom_modality=mri",
+                                              "train.steps=4")}, seeds=1)
+
+
+def test_a_run_that_differs_only_in_its_test_scans_scores_its_twins_model(tiny_env):
+    """ct_on_mri trains what ct trained (only the scored scans differ): it scores ct's model, training no step, and
+    its record is the one training it again gives, per case; ct_short (other training settings) trains."""
+    root, extra = tiny_env
+    calls, lines, seen = [], [], []
+    shared = ablation.run_study(CROSS, "smoke", seeds=1, workdir=root / "share", extra=extra, run_fn=counting(calls),
+                                log=lines.append, run_log=seen.append)
+    assert calls == [("ct", "seed0", False), ("ct_on_mri", "seed0", True), ("ct_short", "seed0", False)]
+    assert any("cross ct_on_mri seed 0: the model of ct seed 0" in m for m in lines)
+    assert not any("ct_short seed 0: the model of" in m for m in lines)
+    assert any("[2d] resuming from step 8" in m for m in seen)
+    recs = root / "share" / "cross" / "records"
+    ct, on_mri = (json.loads((recs / f"{v}-seed0.json").read_text()) for v in ("ct", "ct_on_mri"))
+    assert on_mri["model_of"] == "ct" and "model_of" not in ct
+    assert on_mri["train_seconds"] == ct["train_seconds"] and on_mri["dataset"].endswith("tested-on-mri")
+    assert on_mri["per_case"]["2d"] != ct["per_case"]["2d"]  # other scans scored
+    assert (root / "share" / "cross" / "ct_on_mri" / "seed0" / "model_of.txt").read_text() == "ct\n"
+
+    calls = []
+    trained = ablation.run_study(CROSS, "smoke", seeds=1, workdir=root / "train", extra=extra,
+                                 run_fn=counting(calls), log=lambda *a: None, share=False)
+    assert calls == [("ct", "seed0", False), ("ct_on_mri", "seed0", False), ("ct_short", "seed0", False)]
+    again = json.loads((root / "train" / "cross" / "records" / "ct_on_mri-seed0.json").read_text())
+    assert strip_timing({k: v for k, v in on_mri.items() if k != "model_of"}) == strip_timing(again)
+    assert strip_timing(shared) == strip_timing(trained)

@@ -4,7 +4,9 @@ the MRI scans of the same test patients, and the reverse, with and without inten
 `data.test_phantom_modality=M` scores the test patients of the phantom of modality M (same data.seed, cases and
 spacing, so the same anatomy), each modality normalised as its own plan says. A cross-modality run is compared with
 the in-domain run on the same test images (ct_to_mri with mri_to_mri), and each without-intensity run with its
-with-intensity twin.
+with-intensity twin. A cross-modality run trains exactly its in-domain twin's model (only the scored scans
+differ), so `experiments.ablate` scores that model instead of training it again (`"model_of"` in its record):
+4 trainings per seed, not 6.
 """
 
 from experiments.studies import INTENSITY_P, off

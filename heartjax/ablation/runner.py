@@ -6,6 +6,7 @@ and write the study's outputs.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,6 +27,12 @@ from heartjax.common.paths import RunFolder, study_run
 # --reuse-records: "match" reuses a record (or a finished run folder) only when the code fingerprint it was made
 # with is the running code's; "any" reuses every record whatever code made it.
 REUSE = ("match", "any")
+# Settings that change only which scans a finished model is scored on, never the model: a run that differs from a
+# finished run of the same study and seed in these alone is that run's model scored again (see `seed_from_twin`).
+SCORING_KEYS = ("data.test_phantom_modality",)
+# What a twin's folder lends: the trained weights and what they were trained on (not its scores or predictions).
+_LENT = ("checkpoints", "models", "splits.json", "plan.json", "label_scheme.json")
+MODEL_OF = "model_of.txt"  # in a seeded run folder: the twin variant whose model it scores
 
 
 def run_folder(workdir: Path, spec: RunSpec) -> Path:
@@ -62,6 +69,49 @@ def run_one(spec: RunSpec, folder: Path, run_fn: Callable = experiment.run, log:
             raise HeartjaxError(f"run folder {folder} was started with other settings ({', '.join(diff)}); "
                                 f"remove it to restart that run, or choose another --out")
     return run_fn(spec.cfg, folder, kinds=spec.kinds, resume=resume, log=log)
+
+
+def _training_settings(cfg_dict: Mapping) -> dict:
+    """The flat settings that decide the trained model: all but file locations and SCORING_KEYS."""
+    return {k: v for k, v in _flat(cfg_dict).items() if k not in LOCAL_KEYS and k not in SCORING_KEYS}
+
+
+def find_twin(spec: RunSpec, runs: Sequence[RunSpec], workdir: Path, reuse: str = "match") -> RunSpec | None:
+    """The finished run among `runs` (same seed, earlier in the study) whose model `spec` would train again: its
+    training settings equal `spec`'s and it differs only in SCORING_KEYS; its checkpoints are kept and (unless
+    `reuse` is "any") its results were made by the running code. None when there is none."""
+    wanted = _training_settings(config_lib.to_dict(spec.cfg))
+    for other in runs:
+        if other is spec or other.seed != spec.seed or tuple(other.kinds) != tuple(spec.kinds):
+            continue
+        folder = RunFolder(run_folder(workdir, other))
+        if not (folder.results.is_file() and folder.config.is_file()
+                and all(folder.checkpoints(k).is_dir() for k in spec.kinds)):
+            continue
+        if _training_settings(json.loads(folder.config.read_text())) != wanted:
+            continue
+        made_by = provenance.fingerprint_of(json.loads(folder.results.read_text()).get("provenance"))
+        if reuse == "any" or made_by == provenance.fingerprint():
+            return other
+    return None
+
+
+def seed_from_twin(spec: RunSpec, twin: RunSpec, workdir: Path) -> Path:
+    """Start `spec`'s run folder as a copy of its twin's trained state (checkpoints, model specs, split, plan) with
+    `spec`'s own config, so that resuming it trains no step and scores the twin's best weights on `spec`'s test
+    scans. Training is deterministic on one machine, so these are the weights `spec` would have trained (the
+    tests compare both ways). Returns the folder."""
+    src, dst = RunFolder(run_folder(workdir, twin)), RunFolder(run_folder(workdir, spec))
+    dst.root.mkdir(parents=True, exist_ok=True)
+    for name in _LENT:
+        a, b = src.root / name, dst.root / name
+        if a.is_dir():
+            shutil.copytree(a, b)
+        elif a.is_file():
+            shutil.copy2(a, b)
+    atomic.write_text(dst.root / MODEL_OF, f"{twin.variant}\n")
+    atomic.write_json(dst.config, config_lib.to_dict(spec.cfg))  # last: a folder with a config is a started run
+    return dst.root
 
 
 def split_by_code(existing: Mapping, runs: Sequence[RunSpec], records: Path, reuse: str,
@@ -112,14 +162,16 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
               workdir: str | Path = "runs/ablation", records: str | Path | None = None, extra: Sequence[str] = (),
               resume: bool = False, max_runs: int | None = None, run_fn: Callable = experiment.run,
               log: Callable = print, run_log: Callable | None = None, clock: Callable[[], float] = time.perf_counter,
-              reuse: str = "match") -> dict:
+              reuse: str = "match", share: bool = True) -> dict:
     """Run every variant x seed of `study` not yet recorded, then aggregate and write the study's outputs.
 
     records: the folder of run records (default WORKDIR/STUDY/records). max_runs: stop after running this many
     (a study in parts); `run_fn` (default experiment.run) and `clock` are injectable for tests; `run_log`
     receives each run's own log lines (default: dropped). reuse: "match" (a record counts only when made by code
     with the running code's fingerprint; the others are trained again) or "any" (every record counts; implies
-    --resume). Returns the ablation dict written to ablation.json.
+    --resume). share: a run that differs from a finished run of the same seed only in SCORING_KEYS scores that
+    run's model instead of training it again (`seed_from_twin`; its record names the twin). Returns the
+    ablation dict written to ablation.json.
     """
     runs = expand(study, preset, data, seeds, extra)
     study_dir = Path(workdir) / study.name
@@ -131,7 +183,8 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
         if (spec.variant, spec.seed) in existing:
             check_record(spec, existing[(spec.variant, spec.seed)], record_path(records, spec))
     records.mkdir(parents=True, exist_ok=True)
-    executed = _run_missing(study, runs, existing, records, workdir, max_runs, run_fn, log, run_log, clock, reuse)
+    executed = _run_missing(study, runs, existing, records, workdir, max_runs, run_fn, log, run_log, clock, reuse,
+                            share)
     log(f"study {study.name}: trained {executed} runs, reused {len(runs) - executed - _missing(runs, existing)} "
         f"run records" + (" (--reuse-records any)" if reuse == "any" else ""))
     result = aggregate(study, existing, [(s.variant, s.seed) for s in runs])
@@ -148,7 +201,7 @@ def _missing(runs: Sequence[RunSpec], existing: Mapping) -> int:
 
 
 def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records: Path, workdir, max_runs, run_fn,
-                 log: Callable, run_log, clock, reuse: str) -> int:
+                 log: Callable, run_log, clock, reuse: str, share: bool = True) -> int:
     """Run the runs without a record (into `existing`, each recorded as it ends); returns how many ran."""
     durations = [r["seconds"] for r in existing.values()]
     todo = [s for s in runs if (s.variant, s.seed) not in existing]
@@ -161,8 +214,17 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
             log(f"stopping after {executed} runs (max_runs); {len(todo)} left: run again with --resume to continue")
             break
         t0 = clock()
-        results = run_one(spec, run_folder(workdir, spec), run_fn, run_log or (lambda *a, **k: None), reuse, log)
+        folder = run_folder(workdir, spec)
+        twin = find_twin(spec, runs, Path(workdir), reuse) if share and not RunFolder(folder).config.exists() else None
+        if twin is not None:
+            seed_from_twin(spec, twin, Path(workdir))
+            log(f"{spec.study} {spec.variant} seed {spec.seed}: the model of {twin.variant} seed {twin.seed} "
+                f"(the same training settings), scored on this variant's test scans")
+        results = run_one(spec, folder, run_fn, run_log or (lambda *a, **k: None), reuse, log)
         rec = make_record(spec, results, clock() - t0, study.x)
+        twin_of = twin.variant if twin is not None else _twin_of(folder)
+        if twin_of:
+            rec["model_of"] = twin_of  # seconds: scoring only; train_seconds: the twin's training
         atomic.write_json(record_path(records, spec), rec, indent=1)
         existing[(spec.variant, spec.seed)] = rec
         durations.append(rec["seconds"])
@@ -170,6 +232,12 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
         todo.remove(spec)
         log(progress_line(i, len(runs), spec, rec, "ran", sum(durations) / len(durations) * len(todo) if todo else None))
     return executed
+
+
+def _twin_of(folder: Path) -> str | None:
+    """The twin variant whose model a run folder was seeded with (a resumed run that was seeded before)."""
+    marker = Path(folder) / MODEL_OF
+    return marker.read_text().strip() if marker.is_file() else None
 
 
 def aggregate_study(study: Study, records: str | Path, workdir: str | Path = "runs/ablation",
