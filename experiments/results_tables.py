@@ -246,6 +246,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "patients": curve_table("patients"),
     "acdc": kinds_table("budget", "steps1200", post=True),
     "acdc-calibration": calibration_table("budget", "steps1200"),
+    "acdc-2400": kinds_table("budget", "steps2400", post=True),
+    "acdc-2400-calibration": calibration_table("budget", "steps2400"),
     "budget": curve_table("budget"),
     "cine": kinds_table("cine", "cine"),
     "predecessor": variants_table("predecessor", focus=("PA", "AO")),
