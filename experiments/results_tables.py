@@ -239,7 +239,32 @@ def postprocess_table(names: tuple[str, ...]) -> Callable[[Path], str]:
     return build
 
 
+def studies_table(root: Path = RECORDS) -> str:
+    """One row per shipped study: its committed records, seeds per variant, how many carry provenance, the run
+    time they took (sum of the records' `seconds`) and the machines that made them."""
+    lines = ["| study | variants | records | seeds per variant | with provenance | run time (h) | machines |",
+             "|---|---|---|---|---|---|---|"]
+    total = 0.0
+    for name in studies.NAMES:
+        study, recs = load(name, root)
+        if not recs:
+            lines.append(f"| `{name}` | {len(study.variants)} | 0 | – | – | – | – |")
+            continue
+        per_variant = sorted({sum(v == variant for v, _ in recs) for variant in study.variants})
+        seeds = "–".join(map(str, dict.fromkeys((per_variant[0], per_variant[-1]))))
+        o = records_lib.origins(recs.values())
+        hours = sum(r.get("seconds") or 0 for r in recs.values()) / 3600
+        total += hours
+        machines = ", ".join(f"{k} ({n})" for k, n in o["machines"].items())
+        lines.append(f"| `{name}` | {len(study.variants)} | {len(recs)} | {seeds} | "
+                     f"{len(recs) - o['without_provenance']} | {hours:.2f} | {machines} |")
+    return ("\n".join(lines) + f"\n\n*Records `docs/studies/STUDY/`; run time is each run's wall-clock time on "
+            f"its machine (a run resumed from its checkpoints: the part after the resume; a run that scores another "
+            f"run's model: the scoring), {total:.1f} h in all.*\n")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "studies": studies_table,
     "phantom": kinds_table("patients", "all"),
     "phantom-post": kinds_table("patients", "all", post=True),
     "phantom-calibration": calibration_table("patients", "all"),
