@@ -357,6 +357,15 @@ def test_a_run_that_differs_only_in_its_test_scans_scores_its_twins_model(tiny_e
     assert on_mri["train_seconds"] == ct["train_seconds"] and on_mri["dataset"].endswith("tested-on-mri")
     assert on_mri["per_case"]["2d"] != ct["per_case"]["2d"]  # other scans scored
     assert (root / "share" / "cross" / "ct_on_mri" / "seed0" / "model_of.txt").read_text() == "ct\n"
+    # another study in the same workdir with ct's training settings scores ct's model on its own scans (CT: the same)
+    other = ablation.Study("other", "ct again", kinds=("2d",), variants={"same": ("data.phantom_modality=ct",)})
+    calls = []
+    ablation.run_study(other, "smoke", seeds=1, workdir=root / "share", extra=extra, run_fn=counting(calls),
+                       log=lines.append)
+    assert calls == [("same", "seed0", True)] and any("the model of cross/ct seed 0" in m for m in lines)
+    same = json.loads((root / "share" / "other" / "records" / "same-seed0.json").read_text())
+    assert same["model_of"] == "cross/ct" and same["per_case"] == ct["per_case"]
+    assert same["per_case_post"] == ct["per_case_post"] and same["calibration"] == ct["calibration"]
 
     calls = []
     trained = ablation.run_study(CROSS, "smoke", seeds=1, workdir=root / "train", extra=extra,

@@ -28,11 +28,12 @@ from heartjax.common.paths import RunFolder, study_run
 # with is the running code's; "any" reuses every record whatever code made it.
 REUSE = ("match", "any")
 # Settings that change only which scans a finished model is scored on, never the model: a run that differs from a
-# finished run of the same study and seed in these alone is that run's model scored again (see `seed_from_twin`).
+# finished run of the same seed (this study's, else another's in the same WORKDIR) in these alone, or not at all, is
+# that run's model scored again (see `seed_from_twin`).
 SCORING_KEYS = ("data.test_phantom_modality",)
 # What a twin's folder lends: the trained weights and what they were trained on (not its scores or predictions).
 _LENT = ("checkpoints", "models", "splits.json", "plan.json", "label_scheme.json")
-MODEL_OF = "model_of.txt"  # in a seeded run folder: the twin variant whose model it scores
+MODEL_OF = "model_of.txt"  # in a seeded run folder: the twin (VARIANT or STUDY/VARIANT) whose model it scores
 
 
 def run_folder(workdir: Path, spec: RunSpec) -> Path:
@@ -76,15 +77,23 @@ def _training_settings(cfg_dict: Mapping) -> dict:
     return {k: v for k, v in _flat(cfg_dict).items() if k not in LOCAL_KEYS and k not in SCORING_KEYS}
 
 
-def find_twin(spec: RunSpec, runs: Sequence[RunSpec], workdir: Path, reuse: str = "match") -> RunSpec | None:
-    """The finished run among `runs` (same seed, earlier in the study) whose model `spec` would train again: its
-    training settings equal `spec`'s and it differs only in SCORING_KEYS; its checkpoints are kept and (unless
-    `reuse` is "any") its results were made by the running code. None when there is none."""
+def _twin_folders(spec: RunSpec, runs: Sequence[RunSpec], workdir: Path):
+    """(label, folder) of the runs that may hold `spec`'s model: its own study's other runs of its seed first (label
+    VARIANT), then every other study's in `workdir` (label STUDY/VARIANT)."""
+    own = [(o.variant, run_folder(workdir, o)) for o in runs if o is not spec and o.seed == spec.seed]
+    seen = {f for _, f in own} | {run_folder(workdir, spec)}
+    others = [(f"{f.parent.parent.name}/{f.parent.name}", f) for f in sorted(Path(workdir).glob(f"*/*/seed{spec.seed}"))
+              if f not in seen and f.parent.parent.name != spec.study]
+    return own + others
+
+
+def find_twin(spec: RunSpec, runs: Sequence[RunSpec], workdir: Path, reuse: str = "match") -> tuple[str, Path] | None:
+    """(label, folder) of a finished run in `workdir` whose model `spec` would train again: the same seed, kinds
+    and training settings, differing at most in SCORING_KEYS (see `_twin_folders` for the order searched); its
+    checkpoints are kept and (unless `reuse` is "any") its results were made by the running code. None if none."""
     wanted = _training_settings(config_lib.to_dict(spec.cfg))
-    for other in runs:
-        if other is spec or other.seed != spec.seed or tuple(other.kinds) != tuple(spec.kinds):
-            continue
-        folder = RunFolder(run_folder(workdir, other))
+    for label, path in _twin_folders(spec, runs, Path(workdir)):
+        folder = RunFolder(path)
         if not (folder.results.is_file() and folder.config.is_file()
                 and all(folder.checkpoints(k).is_dir() for k in spec.kinds)):
             continue
@@ -92,16 +101,17 @@ def find_twin(spec: RunSpec, runs: Sequence[RunSpec], workdir: Path, reuse: str 
             continue
         made_by = provenance.fingerprint_of(json.loads(folder.results.read_text()).get("provenance"))
         if reuse == "any" or made_by == provenance.fingerprint():
-            return other
+            return label, path
     return None
 
 
-def seed_from_twin(spec: RunSpec, twin: RunSpec, workdir: Path) -> Path:
+def seed_from_twin(spec: RunSpec, twin: tuple[str, Path], workdir: Path) -> Path:
     """Start `spec`'s run folder as a copy of its twin's trained state (checkpoints, model specs, split, plan) with
     `spec`'s own config, so that resuming it trains no step and scores the twin's best weights on `spec`'s test
     scans. Training is deterministic on one machine, so these are the weights `spec` would have trained (the
     tests compare both ways). Returns the folder."""
-    src, dst = RunFolder(run_folder(workdir, twin)), RunFolder(run_folder(workdir, spec))
+    label, src = twin[0], RunFolder(twin[1])
+    dst = RunFolder(run_folder(workdir, spec))
     dst.root.mkdir(parents=True, exist_ok=True)
     for name in _LENT:
         a, b = src.root / name, dst.root / name
@@ -109,7 +119,7 @@ def seed_from_twin(spec: RunSpec, twin: RunSpec, workdir: Path) -> Path:
             shutil.copytree(a, b)
         elif a.is_file():
             shutil.copy2(a, b)
-    atomic.write_text(dst.root / MODEL_OF, f"{twin.variant}\n")
+    atomic.write_text(dst.root / MODEL_OF, f"{label}\n")
     atomic.write_json(dst.config, config_lib.to_dict(spec.cfg))  # last: a folder with a config is a started run
     return dst.root
 
@@ -218,11 +228,11 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
         twin = find_twin(spec, runs, Path(workdir), reuse) if share and not RunFolder(folder).config.exists() else None
         if twin is not None:
             seed_from_twin(spec, twin, Path(workdir))
-            log(f"{spec.study} {spec.variant} seed {spec.seed}: the model of {twin.variant} seed {twin.seed} "
+            log(f"{spec.study} {spec.variant} seed {spec.seed}: the model of {twin[0]} seed {spec.seed} "
                 f"(the same training settings), scored on this variant's test scans")
         results = run_one(spec, folder, run_fn, run_log or (lambda *a, **k: None), reuse, log)
         rec = make_record(spec, results, clock() - t0, study.x)
-        twin_of = twin.variant if twin is not None else _twin_of(folder)
+        twin_of = twin[0] if twin is not None else _twin_of(folder)
         if twin_of:
             rec["model_of"] = twin_of  # seconds: scoring only; train_seconds: the twin's training
         atomic.write_json(record_path(records, spec), rec, indent=1)
@@ -235,7 +245,7 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
 
 
 def _twin_of(folder: Path) -> str | None:
-    """The twin variant whose model a run folder was seeded with (a resumed run that was seeded before)."""
+    """The twin whose model a run folder was seeded with (a resumed run that was seeded before)."""
     marker = Path(folder) / MODEL_OF
     return marker.read_text().strip() if marker.is_file() else None
 
