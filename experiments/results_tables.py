@@ -106,12 +106,14 @@ def kinds_table(name: str, variant: str, post: bool = False) -> Callable[[Path],
     return build
 
 
-def variants_table(name: str, focus: tuple[str, ...] = ()) -> Callable[[Path], str]:
+def variants_table(name: str, focus: tuple[str, ...] = (), post: bool = False) -> Callable[[Path], str]:
     """Per variant: each kind's mean Dice (mean ± sd over seeds), its difference from the variant's reference and
     the mean Dice of the `focus` structures, then each kind minus the first kind (paired over the test patients,
-    Wilcoxon p)."""
+    Wilcoxon p); with `post`, after each model's post-processing (records that have it)."""
     def build(root: Path) -> str:
         study, recs = load(name, root)
+        if post:
+            recs = _post({k: r for k, r in recs.items() if r.get("per_case_post")})
         if not recs:
             return f"*No records of `{name}` yet (`python -m experiments.ablate {name}`).*\n"
         a = stats.aggregate(study, recs)
@@ -129,8 +131,9 @@ def variants_table(name: str, focus: tuple[str, ...] = ()) -> Callable[[Path], s
                 cells += [" / ".join(fmt(ps[s]["dice_mean"]) for s in focus) if ps else "–"] if focus else []
             cells += [_diff(v["vs_kind"].get(stats.pair_key(k, kinds[0]))) for k in kinds[1:]]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n\n" + _caption(name, recs, f"; reference `{study.reference_name}`; raw "
-                                                    "network output, mean Dice over structures") + "\n"
+        output = "after post-processing (what `predict` writes)" if post else "raw network output"
+        return "\n".join(lines) + "\n\n" + _caption(name, recs, f"; reference `{study.reference_name}`; {output}, "
+                                                    "mean Dice over structures") + "\n"
     return build
 
 
@@ -196,6 +199,27 @@ def calibration_table(name: str, variant: str) -> Callable[[Path], str]:
                 f"{fmt(blocks[k]['per_structure'][s]['ece']['mean'], 4)} / "
                 f"{fmt(blocks[k]['per_structure'][s]['brier']['mean'], 4)}" for k in kinds) + " |")
         return "\n".join(lines) + "\n\n" + _caption(name, recs, f"; `{variant}`; {cal['region']}") + "\n"
+    return build
+
+
+def calibration_variants_table(name: str) -> Callable[[Path], str]:
+    """Per variant: each kind's top-label ECE, Brier score and entropy-error AUROC (mean ± sd over seeds), for
+    comparing calibration across the variants of one study (e.g. in and across modalities)."""
+    def build(root: Path) -> str:
+        study, recs = load(name, root)
+        recs = {k: r for k, r in recs.items() if r.get("calibration")}
+        cal = stats.aggregate(study, recs)["calibration"] if recs else None
+        if not cal:
+            return f"*No records of `{name}` with calibration yet.*\n"
+        kinds = list(next(iter(cal["variants"].values())))
+        metrics = (("ECE", "ece", 4), ("Brier", "brier_all", 4), ("entropy-error AUROC", "entropy_auroc", 3))
+        head = ["variant", *(f"{label} {_k(k)}" for label, _, _ in metrics for k in kinds)]
+        lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for vname in (v for v in study.variants if v in cal["variants"]):  # the study's order
+            blocks = cal["variants"][vname]
+            lines.append(f"| {vname} | " + " | ".join(_pm(blocks[k][key]["mean"], blocks[k][key]["sd"], d)
+                                                      for _, key, d in metrics for k in kinds) + " |")
+        return "\n".join(lines) + "\n\n" + _caption(name, recs, f"; {cal['region']}") + "\n"
     return build
 
 
@@ -280,6 +304,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "norm": variants_table("norm", focus=("PA", "AO")),
     "augmentation": variants_table("augmentation", focus=("PA", "AO")),
     "transfer": variants_table("transfer"),
+    "transfer-post": variants_table("transfer", post=True),
+    "transfer-calibration": calibration_variants_table("transfer"),
     "postprocess": postprocess_table(("budget", "patients", "cine", "norm", "loss", "augmentation", "transfer")),
 }
 
