@@ -62,3 +62,34 @@ def test_postprocess_table_finds_the_worst_drop_and_a_lost_structure(tmp_path):
     old = {k: v for k, v in rec.items() if k != "provenance"}  # a record without provenance is left out
     path.write_text(json.dumps(old))
     assert "| patients | 3D | 2 |" in rt.postprocess_table(("patients",))(root)
+
+
+def _cells(table: str, first: str) -> list[str]:
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {first} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_post_variants_calibration_per_variant_and_studies_tables(tmp_path):
+    if not (RECORDS / "norm").is_dir():
+        pytest.skip("no committed norm records")
+    root = tmp_path / "studies"
+    shutil.copytree(RECORDS / "norm", root / "norm")
+    # calibration per variant: the same figures as the one-variant table's, row by row
+    per_variant = rt.calibration_variants_table("norm")(root)
+    one = rt.calibration_table("norm", "group")(root)
+    ece, brier, auroc = (_cells(one, label) for label in ("ECE (top label)", "Brier (all classes)",
+                                                          "entropy-error AUROC"))
+    assert _cells(per_variant, "group")[1:] == [*ece[1:], *brier[1:], *auroc[1:]]
+    # the post-processed table reads per_case_post, the raw one per_case
+    raw, post = rt.variants_table("norm")(root), rt.variants_table("norm", post=True)(root)
+    path = root / "norm" / "group-seed0.json"
+    rec = json.loads(path.read_text())
+    for row in rec["per_case_post"]["2d"]:
+        row["dice"] = {k: (None if v is None else v - 0.2) for k, v in row["dice"].items()}
+    path.write_text(json.dumps(rec))
+    assert rt.variants_table("norm")(root) == raw and "after post-processing" in post
+    assert _cells(rt.variants_table("norm", post=True)(root), "group")[2] != _cells(post, "group")[2]
+    # one row per shipped study: its record count, seeds per variant and how many carry provenance
+    studies = rt.studies_table(root)
+    assert _cells(studies, "`norm`")[1:5] == ["3", "9", "3", "9"]
+    assert _cells(studies, "`budget`")[2:] == ["0", "–", "–", "–", "–"]
