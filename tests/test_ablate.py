@@ -349,6 +349,7 @@ def test_a_run_that_differs_only_in_its_test_scans_scores_its_twins_model(tiny_e
                                 log=lines.append, run_log=seen.append)
     assert calls == [("ct", "seed0", False), ("ct_on_mri", "seed0", True), ("ct_short", "seed0", False)]
     assert any("cross ct_on_mri seed 0: the model of ct seed 0" in m for m in lines)
+    assert any("trained 2 runs, scored 1 runs with another run's model, reused 0" in m for m in lines)
     assert not any("ct_short seed 0: the model of" in m for m in lines)
     assert any("[2d] resuming from step 8" in m for m in seen)
     recs = root / "share" / "cross" / "records"

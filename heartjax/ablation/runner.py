@@ -193,9 +193,11 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
         if (spec.variant, spec.seed) in existing:
             check_record(spec, existing[(spec.variant, spec.seed)], record_path(records, spec))
     records.mkdir(parents=True, exist_ok=True)
-    executed = _run_missing(study, runs, existing, records, workdir, max_runs, run_fn, log, run_log, clock, reuse,
-                            share)
-    log(f"study {study.name}: trained {executed} runs, reused {len(runs) - executed - _missing(runs, existing)} "
+    executed, scored = _run_missing(study, runs, existing, records, workdir, max_runs, run_fn, log, run_log, clock,
+                                    reuse, share)
+    log(f"study {study.name}: trained {executed - scored} runs, "
+        + (f"scored {scored} runs with another run's model, " if scored else "")
+        + f"reused {len(runs) - executed - _missing(runs, existing)} "
         f"run records" + (" (--reuse-records any)" if reuse == "any" else ""))
     result = aggregate(study, existing, [(s.variant, s.seed) for s in runs])
     result["provenance"] = {"reuse_records": reuse, "fingerprint": provenance.fingerprint(),
@@ -211,11 +213,12 @@ def _missing(runs: Sequence[RunSpec], existing: Mapping) -> int:
 
 
 def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records: Path, workdir, max_runs, run_fn,
-                 log: Callable, run_log, clock, reuse: str, share: bool = True) -> int:
-    """Run the runs without a record (into `existing`, each recorded as it ends); returns how many ran."""
+                 log: Callable, run_log, clock, reuse: str, share: bool = True) -> tuple[int, int]:
+    """Run the runs without a record (into `existing`, each recorded as it ends); returns how many ran and how many
+    of those scored another run's model."""
     durations = [r["seconds"] for r in existing.values()]
     todo = [s for s in runs if (s.variant, s.seed) not in existing]
-    executed = 0
+    executed = scored = 0
     for i, spec in enumerate(runs, 1):
         if (spec.variant, spec.seed) in existing:
             log(progress_line(i, len(runs), spec, existing[(spec.variant, spec.seed)], "recorded before", None))
@@ -235,13 +238,14 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
         twin_of = twin[0] if twin is not None else _twin_of(folder)
         if twin_of:
             rec["model_of"] = twin_of  # seconds: scoring only; train_seconds: the twin's training
+            scored += 1
         atomic.write_json(record_path(records, spec), rec, indent=1)
         existing[(spec.variant, spec.seed)] = rec
         durations.append(rec["seconds"])
         executed += 1
         todo.remove(spec)
         log(progress_line(i, len(runs), spec, rec, "ran", sum(durations) / len(durations) * len(todo) if todo else None))
-    return executed
+    return executed, scored
 
 
 def _twin_of(folder: Path) -> str | None:
