@@ -68,8 +68,9 @@ def parse_args(argv):
                    help="match (default): reuse a run record only when the code fingerprint it was made with is "
                         "the running code's, train the others again; any: reuse every record (docs/provenance.md)")
     p.add_argument("--train-every-run", action="store_true",
-                   help="train a run whose settings differ from a finished run's only in which scans are scored "
-                        "(data.test_phantom_modality) instead of scoring that run's model (the default)")
+                   help="train every run, also one whose training settings equal a finished run's of the same seed "
+                        "in --out (which scans are scored, data.test_phantom_modality, may differ); by default such "
+                        "a run scores that run's model (docs/studies/README.md)")
     p.add_argument("--figure", type=Path, default=None, metavar="FILE",
                    help="also write the study's figure (ablation.png) to this path, e.g. docs/studies/STUDY.png")
     p.add_argument("--verbose", action="store_true", help="print each run's own log lines too")

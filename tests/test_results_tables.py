@@ -47,8 +47,8 @@ def test_postprocess_table_finds_the_worst_drop_and_a_lost_structure(tmp_path):
         pytest.skip("no committed patients records")
     root = tmp_path / "studies"
     shutil.copytree(RECORDS / "patients", root / "patients")
-    with_3d = [json.loads(p.read_text()) for p in (root / "patients").glob("*.json")]
-    n = sum(bool(r.get("provenance") and r.get("per_case_post")) and "3d" in r["kinds"] for r in with_3d)
+    committed = [json.loads(f.read_text()) for f in (root / "patients").glob("*.json")]
+    n = sum(bool(r.get("provenance") and r.get("per_case_post")) and "3d" in r["kinds"] for r in committed)
     path = root / "patients" / "all-seed1.json"
     rec = json.loads(path.read_text())
     row = rec["per_case_post"]["3d"][2]

@@ -179,8 +179,9 @@ def run_study(study: Study, preset: str = "default", data: str | None = None, se
     (a study in parts); `run_fn` (default experiment.run) and `clock` are injectable for tests; `run_log`
     receives each run's own log lines (default: dropped). reuse: "match" (a record counts only when made by code
     with the running code's fingerprint; the others are trained again) or "any" (every record counts; implies
-    --resume). share: a run that differs from a finished run of the same seed only in SCORING_KEYS scores that
-    run's model instead of training it again (`seed_from_twin`; its record names the twin). Returns the
+    --resume). share: a run whose training settings equal a finished run's of the same seed (in this study or
+    another in `workdir`; SCORING_KEYS may differ) scores that run's model instead of training it again
+    (`find_twin`, `seed_from_twin`; its record names the twin). Returns the
     ablation dict written to ablation.json.
     """
     runs = expand(study, preset, data, seeds, extra)
@@ -235,7 +236,7 @@ def _run_missing(study: Study, runs: Sequence[RunSpec], existing: dict, records:
                 f"(the same training settings), scored on this variant's test scans")
         results = run_one(spec, folder, run_fn, run_log or (lambda *a, **k: None), reuse, log)
         rec = make_record(spec, results, clock() - t0, study.x)
-        twin_of = twin[0] if twin is not None else _twin_of(folder)
+        twin_of = _twin_of(folder)  # seeded now, or before a resume
         if twin_of:
             rec["model_of"] = twin_of  # seconds: scoring only; train_seconds: the twin's training
             scored += 1
