@@ -342,3 +342,22 @@ def test_postprocess_check_reports_the_worst_raw_to_post_change():
     assert (tie["case"], tie["structure"]) == ("p1", "B")  # equal falls: the first case, then the first structure
     assert worst_change(raw, raw, ["A", "B", "C"])["change"] == 0.0
     assert worst_change([rec("p", A=None)], [rec("p", A=0.3)], ["A"]) is None
+
+
+def test_postprocess_check_lists_a_structures_pieces_with_their_true_voxels():
+    from experiments.checks.postprocess_check import components
+
+    pred = np.zeros((10, 10, 10), np.int8)
+    pred[1:4, 1:4, 1:4] = 1   # 27 voxels of class 1, touching class 2
+    pred[4, 1:4, 1:4] = 2
+    pred[7:9, 7:9, 7:9] = 1   # 8 voxels of class 1, alone
+    reference = np.zeros_like(pred)
+    reference[1:3, 1:4, 1:4] = 1  # 18 of the large piece's voxels are truly class 1
+    reference[7:9, 7:9, 7:9] = 1  # the small piece is all class 1
+    post = pred.copy()
+    post[7:9, 7:9, 7:9] = 0
+    got = components(pred, post, reference, 1, ["A", "B"])
+    assert got == [{"voxels": 27, "true": 18, "kept": True, "touches": ["B"]},
+                   {"voxels": 8, "true": 8, "kept": False, "touches": []}]
+    assert components(pred, post, reference, 2, ["A", "B"]) == [
+        {"voxels": 9, "true": 0, "kept": True, "touches": ["A"]}]

@@ -8,7 +8,9 @@ decided post-processing (what `heartjax.predict` writes, replayed with the curre
 component (`keep_main_component`) of every structure, and with the largest component of every structure (the rule
 before the per-structure decision); lists the (patient, structure) pairs a rule turned from Dice > 0 into Dice 0
 (the post-processing must never lose a structure the network found), and gives each rule's worst (patient,
-structure) change of Dice from raw. Run it from the folder the experiment ran in (the run's config holds its data
+structure) change of Dice from raw, with the connected components of that structure in that patient's raw prediction
+under the decided rule (voxels, voxels the reference labels as that structure, kept or removed, the structures each
+touches), which shows why the Dice fell. Run it from the folder the experiment ran in (the run's config holds its data
 paths as given).
 """
 
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from heartjax import config as config_lib
 from heartjax.data import cases
@@ -48,6 +51,22 @@ def worst_change(raw: list[dict], post: list[dict], names) -> dict | None:
     return {"case": case, "structure": name, "raw": before, "post": after, "change": change}
 
 
+def components(pred: np.ndarray, post: np.ndarray, reference: np.ndarray, label: int, names) -> list[dict]:
+    """The 26-connected (8 in 2D) components of class `label` in the label map `pred`, largest first (ties: first in
+    scan order): {"voxels", "true" (voxels `reference` labels `label`), "kept" (still `label` in `post`),
+    "touches" (the names of the other classes of `pred` in its neighbourhood, in label order)}."""
+    structure = np.ones((3,) * pred.ndim, bool)
+    comp, n = ndimage.label(pred == label, structure)
+    out = []
+    for i in range(1, n + 1):
+        m = comp == i
+        ring = ndimage.binary_dilation(m, structure) & ~m
+        touched = sorted(int(c) for c in np.unique(pred[ring]) if c and c != label)
+        out.append({"voxels": int(m.sum()), "true": int((m & (reference == label)).sum()),
+                    "kept": bool((post[m] == label).all()), "touches": [names[c - 1] for c in touched]})
+    return sorted(out, key=lambda c: -c["voxels"])  # stable: equal sizes stay in scan order
+
+
 def check(run_dir: Path, kind: str) -> dict:
     """{"structures": names, "decision": ..., "cases": n, "rules": {rule: {"dice": {name: mean}, "mean": float,
     "lost": [(case, name)], "worst": {"case", "structure", "raw", "post", "change"} or None}}}: "worst" is the
@@ -59,12 +78,17 @@ def check(run_dir: Path, kind: str) -> dict:
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
              "main_all": postprocess.keep_main_component, "largest_all": postprocess.keep_largest_component}
-    scores, pred_quirks = {r: [] for r in rules}, Quirks()
+    scores, pred_quirks, paths = {r: [] for r in rules}, Quirks(), {}
+
+    def load(path: Path):
+        vol = store.volume(path.name.removesuffix(".nii.gz"))
+        with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included
+            return images.load_label_file(path, ds.scheme, reference_grid=vol.grid)[0], vol
+
     for path in sorted(RunFolder(run_dir).predictions(kind).glob("*.nii.gz")):
         cid = path.name.removesuffix(".nii.gz")
-        vol = store.volume(cid)
-        with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included
-            pred, _ = images.load_label_file(path, ds.scheme, reference_grid=vol.grid)
+        paths[cid] = path
+        pred, vol = load(path)
         for r, fn in rules.items():
             scores[r].append(score_case(fn(pred), vol.label, vol.spacing, names, cid))
     store.report_quirks()
@@ -78,6 +102,11 @@ def check(run_dir: Path, kind: str) -> dict:
                 if (raw["dice"][n] or 0) > 0 and s["dice"][n] == 0]
         out["rules"][r] = {"dice": dice, "mean": float(np.mean(list(dice.values()))), "lost": lost,
                            "worst": worst_change(scores["raw"], scores[r], names)}
+    worst = out["rules"]["decided"]["worst"]
+    if worst is not None:  # why the decided rule's worst pair fell: its structure's pieces
+        pred, vol = load(paths[worst["case"]])
+        worst["components"] = components(pred, rules["decided"](pred), vol.label,
+                                         names.index(worst["structure"]) + 1, names)
     return out
 
 
@@ -102,6 +131,9 @@ def main(argv=None) -> int:
                     print(f"  {r:<12}  " + ("none scored" if w is None else
                                             f"{w['change']:+.3f}  {w['case']} {w['structure']} "
                                             f"({w['raw']:.3f} -> {w['post']:.3f})"))
+            for c in (res["rules"]["decided"]["worst"] or {}).get("components", []):
+                print(f"    decided: {c['voxels']} voxels, {c['true']} labelled so in the reference, "
+                      f"{'kept' if c['kept'] else 'removed'}, touches {', '.join(c['touches']) or 'nothing'}")
     except (HeartjaxError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
