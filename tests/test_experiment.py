@@ -382,5 +382,6 @@ def test_postprocess_check_rescores_the_saved_predictions(smoke_run, workspace, 
     assert res["rules"]["decided"]["lost"] == []  # the per-structure rule never loses a structure
     worst = res["rules"]["decided"]["worst"]  # with the pieces of its structure in that patient's prediction
     pieces = [] if worst is None else worst["components"]
-    assert all(0 <= c["true"] <= c["voxels"] for c in pieces) and (not pieces or any(c["kept"] for c in pieces))
+    assert all(0 <= c["true"] <= c["voxels"] and c["gap_mm"] >= 0 for c in pieces)
+    assert not pieces or any(c["kept"] for c in pieces)
     assert worst is None or worst["raw"] > 0 or sum(c["true"] for c in pieces) == 0  # Dice 0: no true voxel found

@@ -357,7 +357,14 @@ def test_postprocess_check_lists_a_structures_pieces_with_their_true_voxels():
     post = pred.copy()
     post[7:9, 7:9, 7:9] = 0
     got = components(pred, post, reference, 1, ["A", "B"])
-    assert got == [{"voxels": 27, "true": 18, "kept": True, "touches": ["B"]},
-                   {"voxels": 8, "true": 8, "kept": False, "touches": []}]
+    assert got == [{"voxels": 27, "true": 18, "kept": True, "touches": ["B"], "gap_mm": 0.0},
+                   {"voxels": 8, "true": 8, "kept": False, "touches": [], "gap_mm": pytest.approx(np.sqrt(41))}]
+    # its nearest voxel (7, 7, 7) and the heart's (4, 3, 3): 3, 4 and 4 voxels apart, the last axis 2 mm a voxel
+    assert components(pred, post, reference, 1, ["A", "B"], (1.0, 1.0, 2.0))[1]["gap_mm"] == pytest.approx(np.sqrt(89))
     assert components(pred, post, reference, 2, ["A", "B"]) == [
-        {"voxels": 9, "true": 0, "kept": True, "touches": ["A"]}]
+        {"voxels": 9, "true": 0, "kept": True, "touches": ["A"], "gap_mm": 0.0}]
+    island = pred.copy()  # a kept voxel of another class on the removed piece: the heart still holds the most kept
+    island[9, 9, 9] = 2
+    post_island = post.copy()
+    post_island[9, 9, 9] = 2
+    assert components(island, post_island, reference, 1, ["A", "B"])[1]["gap_mm"] == pytest.approx(np.sqrt(41))
