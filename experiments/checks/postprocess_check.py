@@ -17,6 +17,7 @@ paths as given).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -83,14 +84,21 @@ def check(run_dir: Path, kind: str) -> dict:
     structure order, on ties), over pairs with a finite Dice both ways."""
     cfg = config_lib.from_dict(json.loads(RunFolder(run_dir).config.read_text()))
     decision = json.loads(RunFolder(run_dir).eval_record(kind).read_text())["postprocessing"]
-    ds = cases.resolve_dataset(cfg.data, log=lambda *a: None)
+    data = cfg.data  # a cross-modality run scored the same patients' scans of its test modality
+    if data.test_phantom_modality not in (None, data.phantom_modality):
+        data = dataclasses.replace(data, phantom_modality=data.test_phantom_modality)
+    ds = cases.resolve_dataset(data, log=lambda *a: None)
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
              "main_all": postprocess.keep_main_component, "largest_all": postprocess.keep_largest_component}
     scores, pred_quirks, paths = {r: [] for r in rules}, Quirks(), {}
 
     def load(path: Path):
-        vol = store.volume(path.name.removesuffix(".nii.gz"))
+        cid = path.name.removesuffix(".nii.gz")
+        if cid not in {c.case_id for c in ds.cases}:
+            raise HeartjaxError(f"{path} names no patient of the run's test data ({ds.root}); was the run folder "
+                                "moved away from its data, or its predictions copied from another run?")
+        vol = store.volume(cid)
         with pred_quirks.capture(path):  # predictions keep their scan's header, quirks included
             return images.load_label_file(path, ds.scheme, reference_grid=vol.grid)[0], vol
 
