@@ -10,8 +10,9 @@ before the per-structure decision); lists the (patient, structure) pairs a rule 
 (the post-processing must never lose a structure the network found), and gives each rule's worst (patient,
 structure) change of Dice from raw, with the connected components of that structure in that patient's raw prediction
 under the decided rule (voxels, voxels the reference labels as that structure, kept or removed, the structures each
-touches, how far it lies from the heart kept), which shows why the Dice fell. Run it from the folder the experiment ran in (the run's config holds its data
-paths as given).
+touches, how far it lies from the heart kept), which shows why the Dice fell. A cross-modality run
+(`data.test_phantom_modality`) is scored against its test modality's labels. Run it from the folder the experiment
+ran in (the run's config holds its data paths as given).
 """
 
 from __future__ import annotations
