@@ -92,11 +92,11 @@ def check(run_dir: Path, kind: str) -> dict:
     store, names = cases.CaseStore(ds), list(ds.scheme.names)
     rules = {"raw": lambda x: x, "decided": lambda x: postprocess.apply(x, decision),
              "main_all": postprocess.keep_main_component, "largest_all": postprocess.keep_largest_component}
-    scores, pred_quirks, paths = {r: [] for r in rules}, Quirks(), {}
+    scores, pred_quirks, paths, known = {r: [] for r in rules}, Quirks(), {}, {c.case_id for c in ds.cases}
 
     def load(path: Path):
         cid = path.name.removesuffix(".nii.gz")
-        if cid not in {c.case_id for c in ds.cases}:
+        if cid not in known:
             raise HeartjaxError(f"{path} names no patient of the run's test data ({ds.root}); was the run folder "
                                 "moved away from its data, or its predictions copied from another run?")
         vol = store.volume(cid)
