@@ -9,8 +9,9 @@ OUT/STUDY/records for the smoke preset) with their provenance: a run recorded by
 code fingerprint, docs/provenance.md) is never redone, one recorded by other code is trained again unless
 --reuse-records any, a killed one continues from its checkpoint (--resume), and `--aggregate-only` rebuilds the
 outputs from the records alone (whatever code made them; it lists the commits and machines they mix), so a long
-study can be run in parts (--max-runs) on several machines. key=value overrides apply on top of the study's baseline and
-under its variants, e.g. `data.cache_dir=/scratch/cache`. A library over `heartjax.ablation`.
+study can be run in parts (--max-runs; --variants runs some of its variants only) on several machines. key=value
+overrides apply on top of the study's baseline and under its variants, e.g. `data.cache_dir=/scratch/cache`. A
+library over `heartjax.ablation`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ EXAMPLE = """python -m experiments.ablate --list
 python -m experiments.ablate norm --preset smoke --num-seeds 2 --out runs/ablation   # a few minutes: a trial
 python -m experiments.ablate patients --seeds 0,1,2 --resume
 python -m experiments.ablate budget --preset acdc --data data/acdc-ed --num-seeds 3 --max-runs 4
+python -m experiments.ablate budget --preset acdc --data data/acdc-ed --variants steps150,steps300 --resume
 python -m experiments.ablate patients --aggregate-only --figure docs/studies/patients.png
 python -m experiments.ablate --show-config smoke"""
 
@@ -61,6 +63,10 @@ def parse_args(argv):
     p.add_argument("--records", type=Path, default=None,
                    help="folder of the per-run JSONs (default: docs/studies/STUDY; smoke: OUT/STUDY/records)")
     p.add_argument("--resume", action="store_true", help="continue a started study (recorded runs are kept)")
+    p.add_argument("--variants", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], default=None,
+                   metavar="V,V,...",
+                   help="only these variants of the study, e.g. steps150,steps300 (runs, records and the aggregate "
+                        "are the full study's, restricted to them)")
     p.add_argument("--max-runs", type=int, default=None, help="run at most N runs now, then aggregate what exists")
     p.add_argument("--aggregate-only", action="store_true",
                    help="train nothing: rebuild the outputs from the records, whatever code made them")
@@ -143,6 +149,8 @@ def cli(argv=None) -> int:
         if not args.study:
             raise HeartjaxError("name a study (python -m experiments.ablate --list shows them)")
         study = studies.load(args.study)
+        if args.variants is not None:
+            study = study.only(args.variants)
         records = records_dir(args, study)
         if args.aggregate_only:
             result = ablation.aggregate_study(study, records, args.out, args.seed_choice)

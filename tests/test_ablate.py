@@ -82,6 +82,33 @@ def test_list_and_refusals(tmp_path, capsys):
     assert "no run records" in capsys.readouterr().err
 
 
+def test_a_study_restricted_to_some_variants_keeps_its_name_settings_and_references():
+    study = ablation.Study("s", "d", baseline=("train.steps=4",), kinds=("2d",), x="train.steps", reference="b",
+                           compare={"c": "a", "d": "c"},
+                           variants={"a": ("model.norm=batch",), "b": (), "c": ("model.norm=group",), "d": ("x=1",)})
+    part = study.only(["d", "b", "c"])
+    assert list(part.variants) == ["b", "c", "d"]  # the study's order
+    assert (part.name, part.baseline, part.kinds, part.x) == (study.name, study.baseline, study.kinds, study.x)
+    assert part.variants["c"] == study.variants["c"] and part.reference_name == "b"
+    assert part.compare == {"d": "c"}  # c's own reference, a, is not chosen: c is compared with b
+    assert part.reference_of("c") == "b" and part.reference_of("d") == "c"
+    assert study.only(["c", "d"]).reference_name == "c"  # the reference not chosen: the first chosen one
+    with pytest.raises(HeartjaxError, match=r"no variant 'e'.*its variants: a,b,c,d"):
+        study.only(["b", "e"])
+    with pytest.raises(HeartjaxError, match="no variant"):
+        study.only([])
+    budget = studies.load("budget")  # the shipped study's runs, restricted: the same configs as the full study's
+    full = {(r.variant, r.seed): r.overrides for r in ablation.expand(budget, "acdc", seeds=1)}
+    some = ablation.expand(budget.only(["steps300"]), "acdc", seeds=1)
+    assert [(r.variant, r.seed) for r in some] == [("steps300", 0)] and some[0].overrides == full[("steps300", 0)]
+
+
+def test_variants_flag_refuses_an_unknown_variant(capsys):
+    assert ablate.cli(["norm", "--variants", "batch,nrom", "--aggregate-only"]) == 2
+    err = capsys.readouterr().err
+    assert "'nrom'" in err and "study norm" in err
+
+
 # ---- statistics and schema on hand-made records ---------------------------------------------------------------
 
 LABELS = ["LV", "RV"]
@@ -315,6 +342,14 @@ def test_smoke_study_killed_resumed_equals_uninterrupted(tiny_env):
     assert json.loads((records / "steps6-seed1.json").read_text()) == rec
     one = ablation.aggregate_study(TINY, records, root / "one", seeds=1)  # seed 0 only, seed 1's records left out
     assert one["variants"]["steps6"]["mean_dice"]["2d"]["n"] == 1 and one["complete"]
+    # --variants: the recorded runs of one variant are the full study's, so nothing trains; the aggregate is its own
+    assert ablate.cli([str(study_file), "--preset", "smoke", "--num-seeds", "2", "--out", str(root / "b"),
+                       "--records", str(records), "--resume", "--variants", "steps6", *extra]) == 0
+    part = json.loads((root / "b" / "tiny" / "ablation.json").read_text())
+    assert list(part["variants"]) == ["steps6"] and part["runs"] == 2 and part["complete"]
+    assert strip_timing(part["variants"]["steps6"]["mean_dice"]) == strip_timing(
+        full["variants"]["steps6"]["mean_dice"])
+    assert {p.name: p.stat().st_mtime_ns for p in records.glob("*.json") if p.name in mtimes} == mtimes
 
     # aggregation from the records alone (another machine; the study from its own file), and a stale record refused
     assert ablate.cli([str(study_file), "--aggregate-only", "--records", str(records), "--workdir", str(root / "c"),

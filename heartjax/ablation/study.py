@@ -79,6 +79,22 @@ class Study:
         ref = self.compare.get(variant, self.reference_name)
         return None if ref == variant else ref
 
+    def only(self, names: Sequence[str]) -> "Study":
+        """The same study restricted to the variants `names` (`--variants`), in the study's order, under the same
+        name, baseline and overrides, so that its runs and records are the full study's. The reference stays when
+        it is chosen; otherwise the first chosen variant is the reference. A `compare` entry stays when both of its
+        variants are chosen."""
+        names = list(names)
+        unknown = [n for n in names if n not in self.variants]
+        if unknown or not names:
+            raise HeartjaxError(f"--variants {','.join(names) or '(none)'}: study {self.name} has no variant "
+                                f"{', '.join(map(repr, unknown)) or '(none named)'}; its variants: "
+                                f"{','.join(self.variants)}")
+        chosen = {v: o for v, o in self.variants.items() if v in names}
+        reference = self.reference_name if self.reference_name in chosen else next(iter(chosen))
+        compare = {v: r for v, r in self.compare.items() if v in chosen and r in chosen}
+        return dataclasses.replace(self, variants=chosen, reference=reference, compare=compare)
+
     def varied_keys(self) -> list[str]:
         """Every config key a variant sets, in first-seen order."""
         return list(dict.fromkeys(o.split("=", 1)[0].strip() for ov in self.variants.values() for o in ov))
